@@ -1,0 +1,393 @@
+//! Checks a plugin's raw output against what the plugin declared, before anything is
+//! written: well-formed objects, only declared kinds, namespaces within the primary's,
+//! sizes within the limits, sane events and conditions.
+
+use crate::contract::{Condition, Event, Gvk, Metadata, Mutation, Output, Target};
+use crate::sandbox::{Limits, RawMutation, RawOutput};
+use serde_json::Value;
+
+/// Longest event reason Kubernetes accepts.
+const MAX_REASON: usize = 128;
+/// Longest event note Kubernetes accepts.
+const MAX_NOTE: usize = 1024;
+
+/// Why an output was refused. `index` counts mutations (or events, conditions) from 0.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An object or patch is not JSON.
+    #[error("mutation {index} ({verb}) is not valid JSON: {source}")]
+    MalformedJson {
+        /// Position.
+        index: usize,
+        /// Mutation verb.
+        verb: &'static str,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An object lacks what every Kubernetes object needs.
+    #[error("mutation {index} ({verb}): {reason}")]
+    MalformedObject {
+        /// Position.
+        index: usize,
+        /// Mutation verb.
+        verb: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A write to a kind the plugin did not declare.
+    #[error(
+        "mutation {index} ({verb}) writes {kind}, which the plugin did not declare in `writes`"
+    )]
+    UndeclaredKind {
+        /// Position.
+        index: usize,
+        /// Mutation verb.
+        verb: &'static str,
+        /// The kind.
+        kind: Gvk,
+    },
+    /// A write outside the primary's namespace.
+    #[error(
+        "mutation {index} ({verb}) targets namespace {found:?}, outside the primary's namespace {primary:?}"
+    )]
+    NamespaceOutOfScope {
+        /// Position.
+        index: usize,
+        /// Mutation verb.
+        verb: &'static str,
+        /// The namespace written.
+        found: String,
+        /// The primary's namespace.
+        primary: String,
+    },
+    /// An object, or the whole output, is too large.
+    #[error("{what} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// What.
+        what: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An event or condition is unusable.
+    #[error("{what}: {reason}")]
+    BadRecord {
+        /// Which event or condition.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MalformedJson { .. } => "malformed_json",
+            Error::MalformedObject { .. } => "malformed_object",
+            Error::UndeclaredKind { .. } => "undeclared_kind",
+            Error::NamespaceOutOfScope { .. } => "namespace_out_of_scope",
+            Error::TooLarge { .. } => "too_large",
+            Error::BadRecord { .. } => "bad_record",
+        }
+    }
+}
+
+/// Checks `raw` for a plugin declaring `meta`, reconciling the primary `primary` (JSON).
+///
+/// # Errors
+/// The first problem found, as an [`Error`] naming the mutation, event or condition.
+pub fn output(
+    raw: RawOutput,
+    meta: &Metadata,
+    primary: &str,
+    limits: &Limits,
+) -> Result<Output, Error> {
+    let primary_ns = serde_json::from_str::<Value>(primary).ok().and_then(|p| {
+        p.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    let ctx = Ctx {
+        meta,
+        primary_ns: primary_ns.as_deref(),
+        limits,
+    };
+    let total: usize = raw.mutations.iter().map(raw_size).sum();
+    if total > limits.output_bytes {
+        return Err(Error::TooLarge {
+            what: "the output".into(),
+            size: total,
+            limit: limits.output_bytes,
+        });
+    }
+    let mutations = raw
+        .mutations
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| ctx.mutation(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, e) in raw.events.iter().enumerate() {
+        event(i, e)?;
+    }
+    for (i, c) in raw.conditions.iter().enumerate() {
+        condition(i, c)?;
+    }
+    Ok(Output {
+        mutations,
+        requeue_after_ms: raw.requeue_after_ms,
+        events: raw.events,
+        conditions: raw.conditions,
+        prune: raw.prune,
+    })
+}
+
+fn raw_size(m: &RawMutation) -> usize {
+    match m {
+        RawMutation::Apply(s)
+        | RawMutation::Create(s)
+        | RawMutation::Update(s)
+        | RawMutation::UpdateStatus(s) => s.len(),
+        RawMutation::MergePatch(_, p) => p.len(),
+        RawMutation::Delete(_) => 0,
+    }
+}
+
+struct Ctx<'a> {
+    meta: &'a Metadata,
+    primary_ns: Option<&'a str>,
+    limits: &'a Limits,
+}
+
+impl Ctx<'_> {
+    fn mutation(&self, index: usize, m: RawMutation) -> Result<Mutation, Error> {
+        Ok(match m {
+            RawMutation::Apply(s) => Mutation::Apply(self.object(index, "apply", &s)?),
+            RawMutation::Create(s) => Mutation::Create(self.object(index, "create", &s)?),
+            RawMutation::Update(s) => Mutation::Update(self.object(index, "update", &s)?),
+            RawMutation::UpdateStatus(s) => {
+                Mutation::UpdateStatus(self.object(index, "updateStatus", &s)?)
+            }
+            RawMutation::MergePatch(target, patch) => {
+                self.target(index, "mergePatch", &target)?;
+                self.size(index, "mergePatch", patch.len())?;
+                let patch: Value =
+                    serde_json::from_str(&patch).map_err(|source| Error::MalformedJson {
+                        index,
+                        verb: "mergePatch",
+                        source,
+                    })?;
+                if !patch.is_object() {
+                    return Err(malformed(
+                        index,
+                        "mergePatch",
+                        "the patch must be a JSON object",
+                    ));
+                }
+                Mutation::MergePatch { target, patch }
+            }
+            RawMutation::Delete(target) => {
+                self.target(index, "delete", &target)?;
+                Mutation::Delete(target)
+            }
+        })
+    }
+
+    fn size(&self, index: usize, verb: &'static str, size: usize) -> Result<(), Error> {
+        if size > self.limits.object_bytes {
+            return Err(Error::TooLarge {
+                what: format!("mutation {index} ({verb})"),
+                size,
+                limit: self.limits.object_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn object(&self, index: usize, verb: &'static str, text: &str) -> Result<Value, Error> {
+        self.size(index, verb, text.len())?;
+        let obj: Value = serde_json::from_str(text).map_err(|source| Error::MalformedJson {
+            index,
+            verb,
+            source,
+        })?;
+        let field = |path: &str| {
+            obj.pointer(path)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let api_version =
+            field("/apiVersion").ok_or_else(|| malformed(index, verb, "missing apiVersion"))?;
+        let kind = field("/kind").ok_or_else(|| malformed(index, verb, "missing kind"))?;
+        if field("/metadata/name").is_none()
+            && (verb != "create" || field("/metadata/generateName").is_none())
+        {
+            return Err(malformed(index, verb, "missing metadata.name"));
+        }
+        let gvk = Gvk::from_api_version(api_version, kind);
+        self.writable(index, verb, &gvk)?;
+        self.namespace(index, verb, field("/metadata/namespace"))?;
+        Ok(obj)
+    }
+
+    fn target(&self, index: usize, verb: &'static str, t: &Target) -> Result<(), Error> {
+        if t.api_version.is_empty() || t.kind.is_empty() || t.name.is_empty() {
+            return Err(malformed(
+                index,
+                verb,
+                "the target needs apiVersion, kind and name",
+            ));
+        }
+        self.writable(index, verb, &t.gvk())?;
+        self.namespace(index, verb, t.namespace.as_deref())
+    }
+
+    fn writable(&self, index: usize, verb: &'static str, kind: &Gvk) -> Result<(), Error> {
+        if self.meta.may_write(kind) {
+            Ok(())
+        } else {
+            Err(Error::UndeclaredKind {
+                index,
+                verb,
+                kind: kind.clone(),
+            })
+        }
+    }
+
+    fn namespace(&self, index: usize, verb: &'static str, ns: Option<&str>) -> Result<(), Error> {
+        match (self.primary_ns, ns) {
+            (Some(primary), Some(found)) if primary != found => Err(Error::NamespaceOutOfScope {
+                index,
+                verb,
+                found: found.to_owned(),
+                primary: primary.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn malformed(index: usize, verb: &'static str, reason: &str) -> Error {
+    Error::MalformedObject {
+        index,
+        verb,
+        reason: reason.to_owned(),
+    }
+}
+
+fn event(i: usize, e: &Event) -> Result<(), Error> {
+    let bad = |reason: String| Error::BadRecord {
+        what: format!("event {i}"),
+        reason,
+    };
+    if e.reason.is_empty() || e.reason.len() > MAX_REASON {
+        return Err(bad(format!("reason must be 1-{MAX_REASON} characters")));
+    }
+    if e.note.len() > MAX_NOTE {
+        return Err(bad(format!(
+            "note is {} bytes, over {MAX_NOTE}",
+            e.note.len()
+        )));
+    }
+    Ok(())
+}
+
+fn condition(i: usize, c: &Condition) -> Result<(), Error> {
+    if c.condition_type.is_empty() || c.reason.is_empty() {
+        return Err(Error::BadRecord {
+            what: format!("condition {i}"),
+            reason: "type and reason must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{KeyMapping, Watch};
+
+    fn meta() -> Metadata {
+        Metadata {
+            name: "t".into(),
+            version: "1".into(),
+            primary: Gvk::new("rekon.dev", "v1alpha1", "WebApp"),
+            watches: vec![Watch {
+                kind: Gvk::new("apps", "v1", "Deployment"),
+                mapping: KeyMapping::OwnerReference,
+            }],
+            reads: vec![],
+            writes: vec![Gvk::new("apps", "v1", "Deployment")],
+            resync_seconds: None,
+            finalizer: None,
+        }
+    }
+
+    const PRIMARY: &str = r#"{"apiVersion":"rekon.dev/v1alpha1","kind":"WebApp","metadata":{"name":"w","namespace":"a"}}"#;
+
+    fn check(m: RawMutation) -> Result<Output, Error> {
+        let raw = RawOutput {
+            mutations: vec![m],
+            ..Default::default()
+        };
+        output(raw, &meta(), PRIMARY, &Limits::default())
+    }
+
+    #[test]
+    fn a_declared_kind_in_the_primary_namespace_passes() {
+        let out = check(RawMutation::Apply(
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"w","namespace":"a"}}"#.into(),
+        ))
+        .unwrap();
+        assert_eq!(out.mutations[0].verb(), "apply");
+    }
+
+    #[test]
+    fn undeclared_kinds_are_refused_naming_the_kind() {
+        let err = check(RawMutation::Apply(
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"}}"#.into(),
+        ))
+        .unwrap_err();
+        assert_eq!(err.metric_label(), "undeclared_kind");
+        assert!(err.to_string().contains("v1 Secret"), "{err}");
+    }
+
+    #[test]
+    fn malformed_json_missing_fields_and_foreign_namespaces_are_refused() {
+        assert_eq!(
+            check(RawMutation::Apply("{not json".into()))
+                .unwrap_err()
+                .metric_label(),
+            "malformed_json"
+        );
+        assert_eq!(
+            check(RawMutation::Apply(
+                r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{}}"#.into()
+            ))
+            .unwrap_err()
+            .metric_label(),
+            "malformed_object"
+        );
+        let other_ns = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"w","namespace":"b"}}"#;
+        assert_eq!(
+            check(RawMutation::Apply(other_ns.into()))
+                .unwrap_err()
+                .metric_label(),
+            "namespace_out_of_scope"
+        );
+    }
+
+    #[test]
+    fn objects_over_the_size_cap_are_refused() {
+        let big = format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"w"}},"x":"{}"}}"#,
+            "a".repeat(2 << 20)
+        );
+        assert_eq!(
+            check(RawMutation::Apply(big)).unwrap_err().metric_label(),
+            "too_large"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The `rekon` binary: parse the command line, start telemetry, dispatch.
+
+use clap::Parser;
+use rekon_host::cli::{self, Cli, Command, LogFormat};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    init_tracing(args.log_format);
+    match run(args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check {
+            plugin,
+            artifact_dir,
+        } => {
+            print!("{}", cli::check(&plugin, artifact_dir.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { plugin, cases } => {
+            let (report, ok) = cli::test(&plugin, &cases)?;
+            print!("{report}");
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("REKON_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,227 @@
+//! One call into a plugin: a fresh `Store` and instance, limits armed, the outcome
+//! classified, logs collected.
+
+use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
+use super::convert::{self, RawOutput};
+use super::state::{HostState, MemoryCapExceeded};
+use super::{Clock, Error, Limits, Sandbox, Scope, boxed};
+use crate::contract::{GuestError, Gvk, Metadata, ObjectKey, Request};
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+
+/// One line a plugin logged (through the `log` import, or stdout/stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Severity.
+    pub level: tracing::Level,
+    /// Text.
+    pub message: String,
+    /// Key/value fields.
+    pub fields: Vec<(String, String)>,
+}
+
+impl LogLine {
+    /// Sends the line to `tracing` at its level, attributed to `plugin`.
+    pub fn emit(&self, plugin: &str) {
+        let fields = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let msg = &self.message;
+        match self.level {
+            tracing::Level::ERROR => {
+                tracing::error!(target: "rekon::plugin", plugin, %fields, "{msg}")
+            }
+            tracing::Level::WARN => {
+                tracing::warn!(target: "rekon::plugin", plugin, %fields, "{msg}")
+            }
+            tracing::Level::INFO => {
+                tracing::info!(target: "rekon::plugin", plugin, %fields, "{msg}")
+            }
+            tracing::Level::DEBUG => {
+                tracing::debug!(target: "rekon::plugin", plugin, %fields, "{msg}")
+            }
+            tracing::Level::TRACE => {
+                tracing::trace!(target: "rekon::plugin", plugin, %fields, "{msg}")
+            }
+        }
+    }
+}
+
+/// The outcome of one call, with what the plugin logged during it.
+#[derive(Debug)]
+pub struct Call<T, E = Error> {
+    /// The value returned, or why the call failed.
+    pub result: Result<T, E>,
+    /// Lines logged, stdout and stderr included (bounded by [`Limits::log_bytes`]).
+    pub logs: Vec<LogLine>,
+    /// Log lines or bytes dropped past the bound.
+    pub logs_dropped: u64,
+    /// Wall time of the call, instantiation included.
+    pub elapsed: Duration,
+}
+
+impl<T, E> Call<T, E> {
+    /// Maps the result, keeping logs and timing.
+    pub fn map_result<U, F>(self, f: impl FnOnce(Result<T, E>) -> Result<U, F>) -> Call<U, F> {
+        Call {
+            result: f(self.result),
+            logs: self.logs,
+            logs_dropped: self.logs_dropped,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
+/// A compiled plugin, pre-instantiated against the host's linker: every call instantiates
+/// it afresh.
+#[derive(Clone)]
+pub struct PluginPre {
+    sandbox: Sandbox,
+    pre: BindingsPre<HostState>,
+}
+
+impl PluginPre {
+    pub(crate) fn new(sandbox: Sandbox, pre: BindingsPre<HostState>) -> Self {
+        Self { sandbox, pre }
+    }
+
+    /// Calls `metadata()`. The cache imports refuse every read during this call.
+    pub fn metadata(&self, limits: &Limits) -> Call<Metadata> {
+        self.invoke(limits, Clock::System, None, |b, s| {
+            b.rekon_plugin_guest()
+                .call_metadata(s)
+                .map(convert::metadata)
+        })
+    }
+
+    /// Calls `reconcile(request)`.
+    pub fn reconcile(
+        &self,
+        request: &Request,
+        limits: &Limits,
+        clock: Clock,
+        scope: Scope,
+    ) -> Call<Result<RawOutput, GuestError>> {
+        let req = convert::request(request);
+        self.invoke(limits, clock, Some(scope), move |b, s| {
+            b.rekon_plugin_guest()
+                .call_reconcile(s, &req)
+                .map(|r| r.map(convert::output).map_err(convert::guest_error))
+        })
+    }
+
+    /// Calls `finalize(request)`.
+    pub fn finalize(
+        &self,
+        request: &Request,
+        limits: &Limits,
+        clock: Clock,
+        scope: Scope,
+    ) -> Call<Result<RawOutput, GuestError>> {
+        let req = convert::request(request);
+        self.invoke(limits, clock, Some(scope), move |b, s| {
+            b.rekon_plugin_guest()
+                .call_finalize(s, &req)
+                .map(|r| r.map(convert::output).map_err(convert::guest_error))
+        })
+    }
+
+    /// Calls `map-to-primaries(kind, object)`.
+    pub fn map_to_primaries(
+        &self,
+        kind: &Gvk,
+        object: &str,
+        limits: &Limits,
+        scope: Scope,
+    ) -> Call<Vec<ObjectKey>> {
+        let kind = convert::wit_gvk(kind);
+        self.invoke(limits, Clock::System, Some(scope), move |b, s| {
+            b.rekon_plugin_guest()
+                .call_map_to_primaries(s, &kind, object)
+                .map(|keys| keys.into_iter().map(convert::object_key).collect())
+        })
+    }
+
+    fn invoke<T>(
+        &self,
+        limits: &Limits,
+        clock: Clock,
+        scope: Option<Scope>,
+        f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Call<T> {
+        let started = Instant::now();
+        let state = HostState::new(limits.memory_bytes, limits.log_bytes, clock, scope);
+        let mut store = Store::new(self.sandbox.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.sandbox.ticks(limits.time_budget));
+        let result = match self.pre.instantiate(&mut store) {
+            Ok(bindings) => f(&bindings, &mut store).map_err(|e| classify(e, store.data(), limits)),
+            Err(e) => Err(match store.data().limiter.exceeded {
+                Some(_) => classify(e, store.data(), limits),
+                None => Error::Instantiate { source: boxed(e) },
+            }),
+        };
+        let mut state = store.into_data();
+        collect_stdio(&mut state);
+        Call {
+            result,
+            logs: state.logs,
+            logs_dropped: state.logs_dropped,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Error {
+    if let Some(asked) = state.limiter.exceeded {
+        return Error::OutOfMemory {
+            limit: state.limiter.cap(),
+            asked,
+        };
+    }
+    if let Some(cap) = e.downcast_ref::<MemoryCapExceeded>() {
+        return Error::OutOfMemory {
+            limit: cap.cap,
+            asked: cap.asked,
+        };
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Error::Timeout {
+            budget: limits.time_budget,
+        },
+        Some(wasmtime::Trap::StackOverflow) => Error::StackOverflow,
+        _ => Error::Trapped {
+            trap: e.to_string(),
+            last_error_log: state
+                .logs
+                .iter()
+                .rev()
+                .find(|l| l.level == tracing::Level::ERROR)
+                .map(|l| l.message.clone()),
+            source: boxed(e),
+        },
+    }
+}
+
+fn collect_stdio(state: &mut HostState) {
+    for (pipe, stream, level) in [
+        (state.stdout.clone(), "stdout", tracing::Level::INFO),
+        (state.stderr.clone(), "stderr", tracing::Level::WARN),
+    ] {
+        let (bytes, dropped) = pipe.take();
+        state.logs_dropped += dropped;
+        for line in String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            state.logs.push(LogLine {
+                level,
+                message: line.to_owned(),
+                fields: vec![("stream".to_owned(), stream.to_owned())],
+            });
+        }
+    }
+}

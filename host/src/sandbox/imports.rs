@@ -1,0 +1,78 @@
+//! rekon's imports: thin glue that decodes, checks the allow-list, and forwards to the
+//! call's [`super::Scope`]. No Kubernetes logic lives here.
+
+use super::bindings::host::{self, CacheError, Level};
+use super::bindings::types::{self, Gvk as WitGvk};
+use super::call::LogLine;
+use super::state::HostState;
+use crate::contract::Gvk;
+use crate::selector::Selector;
+
+impl types::Host for HostState {}
+
+fn gvk(kind: &WitGvk) -> Gvk {
+    Gvk::new(&kind.group, &kind.version, &kind.kind)
+}
+
+impl HostState {
+    fn readable(&self, kind: &WitGvk) -> Result<(Gvk, &super::Scope), CacheError> {
+        let kind = gvk(kind);
+        let Some(scope) = self.scope.as_ref() else {
+            return Err(CacheError::UndeclaredKind(format!(
+                "{kind}: the cache is not available in this call"
+            )));
+        };
+        if !scope.metadata.may_read(&kind) {
+            return Err(CacheError::UndeclaredKind(format!(
+                "{kind} is not among the kinds plugin {:?} declared (primary, watches, reads)",
+                scope.metadata.name
+            )));
+        }
+        Ok((kind, scope))
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        };
+        self.push_log(LogLine {
+            level,
+            message,
+            fields,
+        });
+    }
+
+    fn get(
+        &mut self,
+        kind: WitGvk,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<Option<String>, CacheError> {
+        let (kind, scope) = self.readable(&kind)?;
+        Ok(scope.cache.get(&kind, namespace.as_deref(), &name))
+    }
+
+    fn list(
+        &mut self,
+        kind: WitGvk,
+        namespace: Option<String>,
+        label_selector: Option<String>,
+    ) -> Result<Vec<String>, CacheError> {
+        let (kind, scope) = self.readable(&kind)?;
+        let selector = match label_selector.as_deref() {
+            Some(s) => Selector::parse(s).map_err(|e| CacheError::BadSelector(e.to_string()))?,
+            None => Selector::default(),
+        };
+        Ok(scope.cache.list(&kind, namespace.as_deref(), &selector))
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        self.clock.now_ms()
+    }
+}

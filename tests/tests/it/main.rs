@@ -1,0 +1,3 @@
+//! rekon's integration tests: one binary, one local control plane per run.
+
+mod smoke;
