@@ -14,6 +14,8 @@
 pub mod apply;
 pub mod cli;
 pub mod contract;
+pub mod controller;
+pub mod kinds;
 pub mod plugin;
 pub mod rbac;
 pub mod sandbox;

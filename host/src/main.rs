@@ -26,6 +26,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", cli::check(&plugin, artifact_dir.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(cli::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { plugin, cases } => {
             let (report, ok) = cli::test(&plugin, &cases)?;
             print!("{report}");

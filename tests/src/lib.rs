@@ -1,5 +1,6 @@
 //! Support for rekon's integration tests: a local kube-apiserver ([`controlplane`]),
-//! builds of the wasm plugins ([`plugins`]), and small fixture builders.
+//! builds of the wasm plugins ([`plugins`]) and of the `rekon` binary ([`binary`]).
 
+pub mod binary;
 pub mod controlplane;
 pub mod plugins;

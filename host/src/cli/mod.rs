@@ -1,9 +1,11 @@
 //! The `rekon` command line. `main.rs` only parses and dispatches to these functions.
 
 mod check;
+mod run;
 mod test;
 
 pub use check::check;
+pub use run::{RunArgs, run};
 pub use test::test;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,8 @@ pub enum Command {
         #[arg(long, env = "REKON_ARTIFACT_DIR")]
         artifact_dir: Option<PathBuf>,
     },
+    /// Run the controllers of every plugin in a directory against a cluster, until SIGTERM.
+    Run(RunArgs),
     /// Run a compiled plugin in the real sandbox against fixture cases (YAML files) and
     /// report each case; exits non-zero if any fails.
     Test {

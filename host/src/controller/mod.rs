@@ -1,0 +1,229 @@
+//! The controller core.
+//!
+//! - [`store`]: one watch and one compact store per kind for the whole host (invariant 8),
+//!   relisting by itself after a 410 Gone.
+//! - [`queue`]: per-plugin work queues: deduplicated, one lease per key, bounded
+//!   concurrency, backoff, live events before resync (invariants 1 and 2).
+//! - [`mapping`]: watched-object events → primary keys.
+//! - [`Reconciler`]: one plugin's loop, from key to applied output.
+//! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots.
+
+pub mod mapping;
+pub mod queue;
+mod reconciler;
+pub mod store;
+
+pub use reconciler::Reconciler;
+
+use crate::apply::Applier;
+use crate::apply::events::Recorder;
+use crate::kinds::Kinds;
+use crate::plugin::Loaded;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Host-wide controller settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Resync period for plugins that declare none.
+    pub resync_default: Duration,
+    /// Overrides every plugin's resync period (tests, operators who know better).
+    pub resync_override: Option<Duration>,
+    /// How long a reconcile waits for the cache to show the key's previous writes.
+    pub read_your_writes_timeout: Duration,
+    /// Concurrent reconciles per plugin.
+    pub max_concurrent_reconciles: usize,
+    /// Sandbox instances alive at once across plugins (≤ the sandbox pool).
+    pub sandbox_slots: usize,
+    /// Reported as the events' reporting instance (e.g. the pod name).
+    pub instance: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            resync_default: Duration::from_secs(600),
+            resync_override: None,
+            read_your_writes_timeout: Duration::from_secs(10),
+            max_concurrent_reconciles: 4,
+            sandbox_slots: 32,
+            instance: "rekon".to_owned(),
+        }
+    }
+}
+
+/// Counters of one plugin's controller.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Plugin calls (reconcile or finalize).
+    pub reconciles: AtomicU64,
+    /// Writes the API server accepted.
+    pub writes: AtomicU64,
+    /// Outputs stopped by a 409 conflict.
+    pub conflicts: AtomicU64,
+    /// Outputs stopped by another API error.
+    pub apply_errors: AtomicU64,
+    /// Waits for the cache to show our own writes.
+    pub ryw_waits: AtomicU64,
+    /// Such waits that timed out.
+    pub ryw_timeouts: AtomicU64,
+    /// Resync passes.
+    pub resyncs: AtomicU64,
+    faults: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    pub(crate) fn count_fault(&self, label: &'static str) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
+    }
+
+    /// Plugin faults by reason label.
+    pub fn faults(&self) -> BTreeMap<&'static str, u64> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Shorthand for reading a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a plugin could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kind it declared could not be watched.
+    #[error("plugin {plugin}: {source}")]
+    Store {
+        /// The plugin.
+        plugin: String,
+        /// The cause.
+        #[source]
+        source: store::Error,
+    },
+    /// A plugin with that name already runs.
+    #[error("plugin {0} is already running")]
+    Duplicate(String),
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Store { source, .. } => source.metric_label(),
+            Error::Duplicate(_) => "duplicate",
+        }
+    }
+}
+
+struct Running {
+    reconciler: Arc<Reconciler>,
+    tasks: JoinSet<()>,
+}
+
+/// The plugins of one rekon process, sharing one set of stores.
+#[derive(Clone)]
+pub struct Host {
+    shared: reconciler::Shared,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+impl Host {
+    /// A host talking to the API server through `client`.
+    pub fn new(client: kube::Client, config: Config) -> Self {
+        let kinds = Kinds::new(client.clone());
+        Self {
+            shared: reconciler::Shared {
+                stores: store::Stores::new(client.clone()),
+                applier: Applier::new(kinds),
+                recorder: Recorder::new(client, &config.instance),
+                sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
+                config,
+            },
+            running: Arc::default(),
+        }
+    }
+
+    /// The shared stores (one watch per kind).
+    pub fn stores(&self) -> &store::Stores {
+        &self.shared.stores
+    }
+
+    /// Starts a controller for `plugin`: watches its kinds (reusing existing watches) and
+    /// begins reconciling.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if a declared kind cannot be watched (e.g. its CRD is missing),
+    /// [`Error::Duplicate`] if a plugin of that name runs already.
+    pub async fn start(&self, plugin: Loaded) -> Result<Arc<Reconciler>, Error> {
+        let name = plugin.name().to_owned();
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
+            return Err(Error::Duplicate(name));
+        }
+        let err = |source| Error::Store {
+            plugin: name.clone(),
+            source,
+        };
+        let meta = plugin.metadata.clone();
+        let primary = self.shared.stores.ensure(&meta.primary).await.map_err(err)?;
+        let mut watched = Vec::new();
+        for w in &meta.watches {
+            watched.push((w.mapping.clone(), self.shared.stores.ensure(&w.kind).await.map_err(err)?));
+        }
+        for k in &meta.reads {
+            self.shared.stores.ensure(k).await.map_err(err)?;
+        }
+        let reconciler = Arc::new(Reconciler::new(plugin, primary, watched, self.shared.clone()));
+        let mut tasks = JoinSet::new();
+        reconciler.spawn(&mut tasks);
+        tracing::info!(plugin = %name, primary = %meta.primary, "controller started");
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            name,
+            Running {
+                reconciler: reconciler.clone(),
+                tasks,
+            },
+        );
+        Ok(reconciler)
+    }
+
+    /// The running controller of a plugin.
+    pub fn get(&self, plugin: &str) -> Option<Arc<Reconciler>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(plugin)
+            .map(|r| r.reconciler.clone())
+    }
+
+    /// Names of the running plugins.
+    pub fn plugins(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Stops a plugin's controller: no new reconciles; waits for in-flight ones.
+    pub async fn stop(&self, plugin: &str) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(plugin);
+        if let Some(mut r) = running {
+            r.reconciler.stop().await;
+            r.tasks.abort_all();
+            tracing::info!(plugin, "controller stopped");
+        }
+    }
+
+    /// Stops every controller (waiting at most `grace` for in-flight reconciles) and the
+    /// watches.
+    pub async fn shutdown(&self, grace: Duration) {
+        let names = self.plugins();
+        let stops = futures::future::join_all(names.iter().map(|n| self.stop(n)));
+        if tokio::time::timeout(grace, stops).await.is_err() {
+            tracing::warn!(?grace, "in-flight reconciles did not finish within the grace period");
+        }
+        self.shared.stores.shutdown().await;
+    }
+}

@@ -1,0 +1,332 @@
+//! The sandbox against real compiled plugins: isolation, limits, refusals, and the
+//! `rekon check` / `rekon test` commands. No API server needed.
+
+use rekon_host::apply::check;
+use rekon_host::contract::{Output, Request};
+use rekon_host::plugin::{self, Artifacts, Fault, Loaded, Loader};
+use rekon_host::sandbox::{self, Clock, NoCache, Sandbox};
+use rekon_tests::{binary, plugins};
+use serde_json::json;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+fn sandbox() -> Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| Sandbox::new(sandbox::Config::default()).expect("sandbox starts"))
+        .clone()
+}
+
+fn limits() -> sandbox::Limits {
+    sandbox::Limits {
+        memory_bytes: 32 << 20,
+        time_budget: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+fn loader() -> Loader {
+    let dir = plugins::target_dir().join("rekon-test-artifacts");
+    Loader::new(sandbox(), Artifacts::in_dir(dir), limits())
+}
+
+fn hostile() -> &'static Loaded {
+    static HOSTILE: OnceLock<Loaded> = OnceLock::new();
+    HOSTILE.get_or_init(|| {
+        loader()
+            .load_file(&plugins::path("hostile-plugin"))
+            .expect("the hostile plugin loads")
+    })
+}
+
+/// Reconciles a ConfigMap whose `data` tells the hostile plugin what to do.
+fn run_hostile(data: serde_json::Value) -> Result<Output, Fault> {
+    let primary = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "victim", "namespace": "default", "resourceVersion": "1"},
+        "data": data,
+    });
+    let req = Request {
+        primary: primary.to_string(),
+        related: vec![],
+        settings: "{}".into(),
+    };
+    hostile()
+        .reconcile(&req, Clock::System, Arc::new(NoCache))
+        .result
+}
+
+fn event_notes(out: &Output) -> String {
+    out.events
+        .iter()
+        .map(|e| e.note.as_str())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn refusal(bytes: &[u8]) -> plugin::Error {
+    match loader().load_bytes(bytes) {
+        Ok(p) => panic!("{} was loaded but should be refused", p.name()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn webapp_cases_pass_in_the_real_sandbox() {
+    let plugin = rekon_host::testing::load(&plugins::path("webapp")).expect("webapp loads");
+    let cases = plugins::workspace().join("plugins/webapp/cases");
+    let reports = rekon_host::testing::run_dir(&plugin, &cases).expect("cases are valid");
+    assert!(reports.len() >= 3, "expected at least 3 webapp cases");
+    assert!(
+        reports.iter().all(|r| r.passed()),
+        "{}",
+        rekon_host::testing::render(&reports)
+    );
+}
+
+#[test]
+fn rekon_check_prints_the_webapp_declaration_and_permissions() {
+    let out = std::process::Command::new(binary::rekon())
+        .arg("check")
+        .arg(plugins::path("webapp"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("primary    rekon.dev/v1alpha1 WebApp"), "{stdout}");
+    assert!(stdout.contains("apps/v1 Deployment (by owner reference)"), "{stdout}");
+    assert!(stdout.contains("deployments"), "{stdout}");
+    assert!(stdout.contains("webapps/status"), "{stdout}");
+}
+
+#[test]
+fn rekon_check_names_the_reason_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"#!/bin/sh\necho hi\n").unwrap();
+    let out = std::process::Command::new(binary::rekon())
+        .arg("check")
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("junk.wasm") && stderr.contains("not a WebAssembly file"), "{stderr}");
+}
+
+#[test]
+fn rekon_test_with_a_wrong_expectation_prints_a_diff_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = plugins::workspace().join("plugins/webapp/cases");
+    let first = std::fs::read_dir(&good)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .min()
+        .expect("webapp has cases");
+    let mut case: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
+    // Expect one mutation that cannot be right.
+    case["expect"]["mutations"] = serde_yaml::from_str(
+        "[{apply: {apiVersion: apps/v1, kind: Deployment, spec: {replicas: 4242}}}]",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("wrong.yaml"), serde_yaml::to_string(&case).unwrap()).unwrap();
+    let out = std::process::Command::new(binary::rekon())
+        .arg("test")
+        .arg(plugins::path("webapp"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("-        replicas: 4242"), "no diff line for replicas:\n{stdout}");
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn rekon_test_passes_the_webapp_cases() {
+    let out = std::process::Command::new(binary::rekon())
+        .arg("test")
+        .arg(plugins::path("webapp"))
+        .arg(plugins::workspace().join("plugins/webapp/cases"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_plugin_gets_an_error_not_access_when_it_opens_a_file() {
+    let out = run_hostile(json!({"mode": "fs"})).expect("the plugin reports, not traps");
+    let notes = event_notes(&out);
+    assert!(!notes.is_empty(), "the fs mode reports what happened");
+    assert!(!notes.contains("ACCESS GRANTED"), "{notes}");
+}
+
+#[test]
+fn a_plugin_gets_an_error_not_access_when_it_opens_a_socket() {
+    let out = run_hostile(json!({"mode": "socket"})).expect("the plugin reports, not traps");
+    let notes = event_notes(&out);
+    assert!(!notes.is_empty(), "the socket mode reports what happened");
+    assert!(!notes.contains("ACCESS GRANTED"), "{notes}");
+}
+
+#[test]
+fn a_plugin_sees_an_empty_environment() {
+    let out = run_hostile(json!({"mode": "env"})).expect("the plugin reports");
+    let notes = event_notes(&out);
+    assert!(notes.contains("vars=0"), "{notes}");
+}
+
+#[test]
+fn a_plugin_reading_an_undeclared_kind_is_refused_by_the_cache() {
+    let out = run_hostile(json!({"mode": "read-secret"})).expect("the plugin reports");
+    let notes = event_notes(&out);
+    assert!(notes.contains("v1 Secret is not among the kinds"), "{notes}");
+}
+
+#[test]
+fn an_endless_loop_is_stopped_by_the_time_budget() {
+    let started = std::time::Instant::now();
+    let err = run_hostile(json!({"mode": "loop"})).unwrap_err();
+    assert!(
+        matches!(err, Fault::Sandbox(sandbox::Error::Timeout { .. })),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped promptly");
+}
+
+#[test]
+fn unbounded_allocation_is_stopped_by_the_memory_cap() {
+    let err = run_hostile(json!({"mode": "alloc"})).unwrap_err();
+    match err {
+        Fault::Sandbox(sandbox::Error::OutOfMemory { limit, .. }) => assert_eq!(limit, 32 << 20),
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+}
+
+#[test]
+fn unbounded_recursion_is_stopped_as_a_stack_overflow() {
+    let err = run_hostile(json!({"mode": "recurse"})).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Fault::Sandbox(sandbox::Error::StackOverflow | sandbox::Error::Trapped { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_mutation_for_an_undeclared_kind_is_refused() {
+    let err = run_hostile(json!({"mode": "undeclared-write"})).unwrap_err();
+    match err {
+        Fault::InvalidOutput(check::Error::UndeclaredKind { kind, .. }) => assert_eq!(kind.kind, "Secret"),
+        other => panic!("expected UndeclaredKind, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_and_oversized_output_is_refused() {
+    let err = run_hostile(json!({"mode": "bad-json"})).unwrap_err();
+    assert_eq!(err.metric_label(), "malformed_json", "{err}");
+    let err = run_hostile(json!({"mode": "giant-output", "bytes": (4u64 << 20).to_string()})).unwrap_err();
+    assert_eq!(err.metric_label(), "too_large", "{err}");
+}
+
+#[test]
+fn a_trap_in_one_call_does_not_affect_the_next_call() {
+    let err = run_hostile(json!({"mode": "panic"})).unwrap_err();
+    match &err {
+        Fault::Sandbox(sandbox::Error::Trapped { last_error_log, .. }) => {
+            let msg = last_error_log.as_deref().unwrap_or_default();
+            assert!(msg.contains("hostile panic"), "panic message surfaced: {msg:?}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    let out = run_hostile(json!({"mode": "ok"})).expect("the next call works");
+    assert_eq!(out.mutations.len(), 1);
+    let err = run_hostile(json!({"mode": "unreachable"})).unwrap_err();
+    assert_eq!(err.metric_label(), "trap");
+    run_hostile(json!({"mode": "ok"})).expect("and again after unreachable");
+}
+
+#[test]
+fn guest_errors_stay_distinct_from_sandbox_failures() {
+    let err = run_hostile(json!({"mode": "error-transient"})).unwrap_err();
+    assert_eq!(err.metric_label(), "guest_transient");
+    let err = run_hostile(json!({"mode": "error-permanent"})).unwrap_err();
+    assert_eq!(err.metric_label(), "guest_permanent");
+}
+
+#[test]
+fn excess_stdout_is_dropped_not_fatal() {
+    let call = hostile().reconcile(
+        &Request {
+            primary: json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"n","namespace":"d"},"data":{"mode":"stdout"}})
+                .to_string(),
+            related: vec![],
+            settings: "{}".into(),
+        },
+        Clock::System,
+        Arc::new(NoCache),
+    );
+    call.result.expect("printing a lot does not fail the call");
+    assert!(call.logs_dropped > 0, "output beyond the cap was dropped");
+    let kept: usize = call.logs.iter().map(|l| l.message.len()).sum();
+    assert!(kept <= limits().log_bytes * 2, "kept {kept} bytes");
+}
+
+#[test]
+fn a_component_importing_a_foreign_interface_is_refused_naming_it() {
+    let err = refusal(&plugins::bytes("foreign-import-plugin"));
+    assert!(matches!(err, plugin::Error::ForbiddenImport { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("evil:"), "the import is named: {msg}");
+}
+
+#[test]
+fn a_component_for_another_contract_version_is_refused_naming_both_versions() {
+    let err = refusal(&plugins::bytes("future-version-plugin"));
+    let msg = err.to_string();
+    assert!(msg.contains("rekon:plugin@9.0.0") && msg.contains("rekon:plugin@0.1.x"), "{msg}");
+}
+
+#[test]
+fn a_component_missing_an_export_is_refused() {
+    let err = refusal(&plugins::bytes("missing-export-plugin"));
+    assert!(
+        matches!(err, plugin::Error::MissingExport { .. } | plugin::Error::NotAPlugin { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn core_modules_and_non_wasm_files_are_refused_with_the_reason() {
+    let core = [0u8, b'a', b's', b'm', 1, 0, 0, 0];
+    assert!(matches!(refusal(&core), plugin::Error::CoreModule));
+    assert!(matches!(refusal(b"hello world"), plugin::Error::NotWasm { .. }));
+}
+
+#[test]
+fn compiled_artifacts_are_reused_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let loader = Loader::new(sandbox(), Artifacts::in_dir(dir.path()), limits());
+    let first = loader.load_file(&plugins::path("webapp")).unwrap();
+    let second = loader.load_file(&plugins::path("webapp")).unwrap();
+    assert_eq!(first.origin, plugin::Origin::Compiled);
+    assert_eq!(second.origin, plugin::Origin::Cached);
+    // A corrupted artifact is not trusted: it is recompiled.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
+    let third = loader.load_file(&plugins::path("webapp")).unwrap();
+    assert_eq!(third.origin, plugin::Origin::Compiled);
+    assert!(Path::new(&plugins::path("webapp")).exists());
+}
