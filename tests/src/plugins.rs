@@ -16,6 +16,8 @@ pub const CRATES: &[&str] = &[
     "foreign-import-plugin",
     "future-version-plugin",
     "missing-export-plugin",
+    "mirror-plugin",
+    "nodepool",
 ];
 
 /// The workspace root.
@@ -42,12 +44,19 @@ pub fn dir() -> &'static Path {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace())
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"]);
+        cmd.current_dir(workspace()).args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--quiet",
+        ]);
         for c in CRATES {
             cmd.args(["-p", c]);
         }
-        let out = cmd.output().expect("cargo can be run to build the wasm plugins");
+        let out = cmd
+            .output()
+            .expect("cargo can be run to build the wasm plugins");
         assert!(
             out.status.success(),
             "building the wasm plugins failed (is the wasm32-wasip2 target installed? \

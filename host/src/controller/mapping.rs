@@ -25,7 +25,8 @@ pub fn keys_for(mapping: &KeyMapping, primary: &Gvk, object: &Value) -> Vec<Obje
             .filter(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
             .filter(|r| {
                 let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
-                s("kind") == primary.kind && Gvk::from_api_version(s("apiVersion"), "").group == primary.group
+                s("kind") == primary.kind
+                    && Gvk::from_api_version(s("apiVersion"), "").group == primary.group
             })
             .filter_map(|r| r.get("name").and_then(Value::as_str))
             .map(|name| ObjectKey {

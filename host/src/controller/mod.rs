@@ -78,12 +78,20 @@ pub struct Stats {
 
 impl Stats {
     pub(crate) fn count_fault(&self, label: &'static str) {
-        *self.faults.lock().unwrap_or_else(|e| e.into_inner()).entry(label).or_default() += 1;
+        *self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label)
+            .or_default() += 1;
     }
 
     /// Plugin faults by reason label.
     pub fn faults(&self) -> BTreeMap<&'static str, u64> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Shorthand for reading a counter.
@@ -160,7 +168,12 @@ impl Host {
     /// [`Error::Duplicate`] if a plugin of that name runs already.
     pub async fn start(&self, plugin: Loaded) -> Result<Arc<Reconciler>, Error> {
         let name = plugin.name().to_owned();
-        if self.running.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&name)
+        {
             return Err(Error::Duplicate(name));
         }
         let err = |source| Error::Store {
@@ -168,25 +181,41 @@ impl Host {
             source,
         };
         let meta = plugin.metadata.clone();
-        let primary = self.shared.stores.ensure(&meta.primary).await.map_err(err)?;
+        let primary = self
+            .shared
+            .stores
+            .ensure(&meta.primary)
+            .await
+            .map_err(err)?;
         let mut watched = Vec::new();
         for w in &meta.watches {
-            watched.push((w.mapping.clone(), self.shared.stores.ensure(&w.kind).await.map_err(err)?));
+            watched.push((
+                w.mapping.clone(),
+                self.shared.stores.ensure(&w.kind).await.map_err(err)?,
+            ));
         }
         for k in &meta.reads {
             self.shared.stores.ensure(k).await.map_err(err)?;
         }
-        let reconciler = Arc::new(Reconciler::new(plugin, primary, watched, self.shared.clone()));
+        let reconciler = Arc::new(Reconciler::new(
+            plugin,
+            primary,
+            watched,
+            self.shared.clone(),
+        ));
         let mut tasks = JoinSet::new();
         reconciler.spawn(&mut tasks);
         tracing::info!(plugin = %name, primary = %meta.primary, "controller started");
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            name,
-            Running {
-                reconciler: reconciler.clone(),
-                tasks,
-            },
-        );
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name,
+                Running {
+                    reconciler: reconciler.clone(),
+                    tasks,
+                },
+            );
         Ok(reconciler)
     }
 
@@ -201,14 +230,24 @@ impl Host {
 
     /// Names of the running plugins.
     pub fn plugins(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
 
     /// Stops a plugin's controller: no new reconciles; waits for in-flight ones.
     pub async fn stop(&self, plugin: &str) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(plugin);
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(plugin);
         if let Some(mut r) = running {
             r.reconciler.stop().await;
             r.tasks.abort_all();
@@ -222,7 +261,10 @@ impl Host {
         let names = self.plugins();
         let stops = futures::future::join_all(names.iter().map(|n| self.stop(n)));
         if tokio::time::timeout(grace, stops).await.is_err() {
-            tracing::warn!(?grace, "in-flight reconciles did not finish within the grace period");
+            tracing::warn!(
+                ?grace,
+                "in-flight reconciles did not finish within the grace period"
+            );
         }
         self.shared.stores.shutdown().await;
     }

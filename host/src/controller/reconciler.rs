@@ -14,9 +14,11 @@ use super::mapping;
 use super::queue::{Lease, Outcome, Priority, Queue};
 use super::store::{Change, KindStore, Stores};
 use super::{Config, Stats};
-use crate::apply::{Applier, Snapshot, Written};
 use crate::apply::events::Recorder;
-use crate::contract::{Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target};
+use crate::apply::{Applier, Snapshot, Written};
+use crate::contract::{
+    Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
+};
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
 use crate::selector::Selector;
@@ -52,7 +54,12 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub(super) fn new(plugin: Loaded, primary: Arc<KindStore>, watched: Vec<(KeyMapping, Arc<KindStore>)>, shared: Shared) -> Self {
+    pub(super) fn new(
+        plugin: Loaded,
+        primary: Arc<KindStore>,
+        watched: Vec<(KeyMapping, Arc<KindStore>)>,
+        shared: Shared,
+    ) -> Self {
         let queue = Queue::new(super::queue::Config {
             max_concurrent: shared.config.max_concurrent_reconciles,
             ..Default::default()
@@ -81,7 +88,10 @@ impl Reconciler {
 
     /// The plugin version in use.
     pub fn plugin(&self) -> Loaded {
-        self.plugin.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.plugin
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the plugin version: reconciles already running finish on the old one.
@@ -114,7 +124,9 @@ impl Reconciler {
             let kind = store.gvk().clone();
             tasks.spawn(async move {
                 while let Some(change) = changes.recv().await {
-                    let (Change::Applied(o) | Change::Deleted(o)) = change else { continue };
+                    let (Change::Applied(o) | Change::Deleted(o)) = change else {
+                        continue;
+                    };
                     let keys = match &mapping {
                         KeyMapping::Custom => this.custom_keys(&kind, o.json_str()).await,
                         m => mapping::keys_for(m, &this.primary.gvk().clone(), &o.to_value()),
@@ -152,7 +164,9 @@ impl Reconciler {
         let Ok(_slot) = self.shared.sandbox_slots.clone().acquire_owned().await else {
             return Vec::new();
         };
-        let call = tokio::task::spawn_blocking(move || plugin.map_to_primaries(&kind, &object, cache)).await;
+        let call =
+            tokio::task::spawn_blocking(move || plugin.map_to_primaries(&kind, &object, cache))
+                .await;
         match call.map(|c| c.result) {
             Ok(Ok(keys)) => keys,
             Ok(Err(fault)) => {
@@ -207,10 +221,16 @@ impl Reconciler {
             .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + self.shared.config.read_your_writes_timeout;
         for w in writes {
-            let (Some(rv), Some(store)) = (&w.resource_version, self.shared.stores.store(&w.kind)) else { continue };
+            let (Some(rv), Some(store)) = (&w.resource_version, self.shared.stores.store(&w.kind))
+            else {
+                continue;
+            };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.stats.ryw_waits.fetch_add(1, Ordering::Relaxed);
-            if !store.wait_seen(w.namespace.as_deref(), &w.name, rv, left).await {
+            if !store
+                .wait_seen(w.namespace.as_deref(), &w.name, rv, left)
+                .await
+            {
                 self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(object = %w.name, resource_version = %rv, "cache did not catch up with our own write in time");
             }
@@ -224,7 +244,9 @@ impl Reconciler {
         };
         let primary = stored.to_value();
         let finalizer = plugin.metadata.finalizer.clone();
-        let has_finalizer = finalizer.as_deref().is_some_and(|f| finalizers(&primary).iter().any(|x| x == f));
+        let has_finalizer = finalizer
+            .as_deref()
+            .is_some_and(|f| finalizers(&primary).iter().any(|x| x == f));
         let deleting = stored.is_deleting();
         match (&finalizer, deleting, has_finalizer) {
             (_, true, false) | (None, true, _) => return Outcome::Success,
@@ -286,9 +308,17 @@ impl Reconciler {
     }
 
     fn related(&self, primary: &Value) -> Vec<Value> {
-        let uid = primary.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-        let ns = primary.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = primary.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let uid = primary
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ns = primary
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        let name = primary
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut out = Vec::new();
         for (mapping, store) in &self.watched {
             let objects = match mapping {
@@ -304,7 +334,14 @@ impl Reconciler {
         out
     }
 
-    async fn write(&self, plugin: &Loaded, key: &ObjectKey, primary: &Value, related: &[Value], output: &Output) -> Outcome {
+    async fn write(
+        &self,
+        plugin: &Loaded,
+        key: &ObjectKey,
+        primary: &Value,
+        related: &[Value],
+        output: &Output,
+    ) -> Outcome {
         let snapshot = Snapshot::new(std::iter::once(primary).chain(related));
         let now = jiff::Timestamp::now().to_string();
         let applied = self
@@ -312,7 +349,9 @@ impl Reconciler {
             .applier
             .apply(plugin.name(), primary, &snapshot, related, output, &now)
             .await;
-        self.stats.writes.fetch_add(applied.written.len() as u64, Ordering::Relaxed);
+        self.stats
+            .writes
+            .fetch_add(applied.written.len() as u64, Ordering::Relaxed);
         if !applied.written.is_empty() {
             self.expectations
                 .lock()
@@ -364,7 +403,12 @@ impl Reconciler {
     }
 
     async fn event(&self, plugin: &Loaded, regarding: &Value, event: Event) {
-        if let Err(e) = self.shared.recorder.record(plugin.name(), regarding, &event).await {
+        if let Err(e) = self
+            .shared
+            .recorder
+            .record(plugin.name(), regarding, &event)
+            .await
+        {
             tracing::warn!(error = %e, reason = %event.reason, "could not record an event");
         }
     }
@@ -381,8 +425,19 @@ impl Reconciler {
             .and_then(|w| w.resource_version.clone())
     }
 
-    async fn patch_finalizers(&self, plugin: &Loaded, key: &ObjectKey, primary: &Value, list: Vec<String>) -> Outcome {
-        let s = |p: &str| primary.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    async fn patch_finalizers(
+        &self,
+        plugin: &Loaded,
+        key: &ObjectKey,
+        primary: &Value,
+        list: Vec<String>,
+    ) -> Outcome {
+        let s = |p: &str| {
+            primary
+                .pointer(p)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let output = Output {
             mutations: vec![Mutation::MergePatch {
                 target: Target {
@@ -410,7 +465,11 @@ fn key_of(o: &super::store::Stored) -> Option<ObjectKey> {
 fn finalizers(o: &Value) -> Vec<String> {
     o.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|l| l.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+        .map(|l| {
+            l.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -432,7 +491,10 @@ mod tests {
     fn jitter_stays_within_ten_percent() {
         for _ in 0..100 {
             let d = jittered(Duration::from_secs(100));
-            assert!(d >= Duration::from_secs(100) && d <= Duration::from_secs(110), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(100) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
         }
     }
 }

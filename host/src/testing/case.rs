@@ -102,7 +102,7 @@ pub struct Expect {
     pub prune: Option<bool>,
     /// An error instead of an output: `{transient: "substring"}` or `{permanent: …}`,
     /// or `{fault: "substring"}` for a sandbox or output-check failure.
-    #[serde(default)]
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub error: Option<ExpectError>,
 }
 
@@ -229,6 +229,18 @@ mod tests {
         assert_eq!(c.now_ms, Some(1_767_225_600_000));
         assert_eq!(c.case.expect.requeue_after_ms, Some(None));
         assert!(c.case.expect.mutations.is_none());
+    }
+
+    #[test]
+    fn an_expected_error_is_written_as_a_one_key_map() {
+        let c = parse(
+            "primary: {apiVersion: v1, kind: A, metadata: {name: a}}\nexpect: {error: {permanent: no image}}",
+            Path::new("e.yaml"),
+        )
+        .unwrap();
+        assert!(
+            matches!(c.case.expect.error, Some(ExpectError::Permanent(ref m)) if m == "no image")
+        );
     }
 
     #[test]

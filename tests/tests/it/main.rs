@@ -1,3 +1,4 @@
 //! rekon's integration tests: one binary, one local control plane per run.
 
+mod sandbox;
 mod smoke;

@@ -93,9 +93,19 @@ fn rekon_check_prints_the_webapp_declaration_and_permissions() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("primary    rekon.dev/v1alpha1 WebApp"), "{stdout}");
-    assert!(stdout.contains("apps/v1 Deployment (by owner reference)"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("primary    rekon.dev/v1alpha1 WebApp"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("apps/v1 Deployment (by owner reference)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("deployments"), "{stdout}");
     assert!(stdout.contains("webapps/status"), "{stdout}");
 }
@@ -112,7 +122,10 @@ fn rekon_check_names_the_reason_a_file_is_refused() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("junk.wasm") && stderr.contains("not a WebAssembly file"), "{stderr}");
+    assert!(
+        stderr.contains("junk.wasm") && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -125,13 +138,18 @@ fn rekon_test_with_a_wrong_expectation_prints_a_diff_and_exits_non_zero() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .min()
         .expect("webapp has cases");
-    let mut case: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
+    let mut case: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
     // Expect one mutation that cannot be right.
     case["expect"]["mutations"] = serde_yaml::from_str(
         "[{apply: {apiVersion: apps/v1, kind: Deployment, spec: {replicas: 4242}}}]",
     )
     .unwrap();
-    std::fs::write(dir.path().join("wrong.yaml"), serde_yaml::to_string(&case).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("wrong.yaml"),
+        serde_yaml::to_string(&case).unwrap(),
+    )
+    .unwrap();
     let out = std::process::Command::new(binary::rekon())
         .arg("test")
         .arg(plugins::path("webapp"))
@@ -141,7 +159,14 @@ fn rekon_test_with_a_wrong_expectation_prints_a_diff_and_exits_non_zero() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL"), "{stdout}");
-    assert!(stdout.contains("-        replicas: 4242"), "no diff line for replicas:\n{stdout}");
+    assert!(
+        stdout.contains("-      replicas: 4242"),
+        "no diff line for replicas:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("+      replicas: 3"),
+        "no diff line for replicas:\n{stdout}"
+    );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }
 
@@ -154,7 +179,11 @@ fn rekon_test_passes_the_webapp_cases() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
@@ -185,7 +214,10 @@ fn a_plugin_sees_an_empty_environment() {
 fn a_plugin_reading_an_undeclared_kind_is_refused_by_the_cache() {
     let out = run_hostile(json!({"mode": "read-secret"})).expect("the plugin reports");
     let notes = event_notes(&out);
-    assert!(notes.contains("v1 Secret is not among the kinds"), "{notes}");
+    assert!(
+        notes.contains("v1 Secret is not among the kinds"),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -196,7 +228,10 @@ fn an_endless_loop_is_stopped_by_the_time_budget() {
         matches!(err, Fault::Sandbox(sandbox::Error::Timeout { .. })),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "stopped promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
 }
 
 #[test]
@@ -224,7 +259,9 @@ fn unbounded_recursion_is_stopped_as_a_stack_overflow() {
 fn a_mutation_for_an_undeclared_kind_is_refused() {
     let err = run_hostile(json!({"mode": "undeclared-write"})).unwrap_err();
     match err {
-        Fault::InvalidOutput(check::Error::UndeclaredKind { kind, .. }) => assert_eq!(kind.kind, "Secret"),
+        Fault::InvalidOutput(check::Error::UndeclaredKind { kind, .. }) => {
+            assert_eq!(kind.kind, "Secret")
+        }
         other => panic!("expected UndeclaredKind, got {other:?}"),
     }
 }
@@ -233,7 +270,8 @@ fn a_mutation_for_an_undeclared_kind_is_refused() {
 fn malformed_and_oversized_output_is_refused() {
     let err = run_hostile(json!({"mode": "bad-json"})).unwrap_err();
     assert_eq!(err.metric_label(), "malformed_json", "{err}");
-    let err = run_hostile(json!({"mode": "giant-output", "bytes": (4u64 << 20).to_string()})).unwrap_err();
+    let err = run_hostile(json!({"mode": "giant-output", "bytes": (4u64 << 20).to_string()}))
+        .unwrap_err();
     assert_eq!(err.metric_label(), "too_large", "{err}");
 }
 
@@ -243,7 +281,10 @@ fn a_trap_in_one_call_does_not_affect_the_next_call() {
     match &err {
         Fault::Sandbox(sandbox::Error::Trapped { last_error_log, .. }) => {
             let msg = last_error_log.as_deref().unwrap_or_default();
-            assert!(msg.contains("hostile panic"), "panic message surfaced: {msg:?}");
+            assert!(
+                msg.contains("hostile panic"),
+                "panic message surfaced: {msg:?}"
+            );
         }
         other => panic!("expected a trap, got {other:?}"),
     }
@@ -283,7 +324,10 @@ fn excess_stdout_is_dropped_not_fatal() {
 #[test]
 fn a_component_importing_a_foreign_interface_is_refused_naming_it() {
     let err = refusal(&plugins::bytes("foreign-import-plugin"));
-    assert!(matches!(err, plugin::Error::ForbiddenImport { .. }), "{err:?}");
+    assert!(
+        matches!(err, plugin::Error::ForbiddenImport { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("evil:"), "the import is named: {msg}");
 }
@@ -292,14 +336,20 @@ fn a_component_importing_a_foreign_interface_is_refused_naming_it() {
 fn a_component_for_another_contract_version_is_refused_naming_both_versions() {
     let err = refusal(&plugins::bytes("future-version-plugin"));
     let msg = err.to_string();
-    assert!(msg.contains("rekon:plugin@9.0.0") && msg.contains("rekon:plugin@0.1.x"), "{msg}");
+    assert!(
+        msg.contains("rekon:plugin@9.0.0") && msg.contains("rekon:plugin@0.1.x"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_component_missing_an_export_is_refused() {
     let err = refusal(&plugins::bytes("missing-export-plugin"));
     assert!(
-        matches!(err, plugin::Error::MissingExport { .. } | plugin::Error::NotAPlugin { .. }),
+        matches!(
+            err,
+            plugin::Error::MissingExport { .. } | plugin::Error::NotAPlugin { .. }
+        ),
         "{err:?}"
     );
 }
@@ -308,7 +358,10 @@ fn a_component_missing_an_export_is_refused() {
 fn core_modules_and_non_wasm_files_are_refused_with_the_reason() {
     let core = [0u8, b'a', b's', b'm', 1, 0, 0, 0];
     assert!(matches!(refusal(&core), plugin::Error::CoreModule));
-    assert!(matches!(refusal(b"hello world"), plugin::Error::NotWasm { .. }));
+    assert!(matches!(
+        refusal(b"hello world"),
+        plugin::Error::NotWasm { .. }
+    ));
 }
 
 #[test]

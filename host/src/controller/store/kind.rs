@@ -72,6 +72,15 @@ struct Relist {
     highest: u64,
 }
 
+/// A watch event with its object encoded.
+enum Step {
+    Apply(Arc<Stored>),
+    Delete(Arc<Stored>),
+    Init,
+    InitApply(Arc<Stored>),
+    InitDone,
+}
+
 #[derive(Default)]
 struct Counters {
     watch_restarts: AtomicU64,
@@ -303,34 +312,36 @@ impl KindStore {
     /// resulting changes in the order events were applied. Meant to be called by one
     /// writer at a time (calls from several threads are serialised by the store's lock).
     pub fn apply_event(&self, event: Event<DynamicObject>) {
+        // Encode before taking the lock: readers wait only for the index update.
+        let step = match event {
+            Event::Apply(obj) => self.encode(obj).map(Step::Apply),
+            Event::Delete(obj) => self.encode(obj).map(Step::Delete),
+            Event::Init => Some(Step::Init),
+            Event::InitApply(obj) => self.encode(obj).map(Step::InitApply),
+            Event::InitDone => Some(Step::InitDone),
+        };
+        let Some(step) = step else { return };
         let mut changes = Vec::new();
         let mut state = self.write();
-        match event {
-            Event::Apply(obj) => {
-                if let Some(obj) = self.encode(obj) {
-                    self.upsert(&mut state, obj, &mut changes);
-                }
+        match step {
+            Step::Apply(obj) => self.upsert(&mut state, obj, &mut changes),
+            Step::Delete(obj) => {
+                state.indexes.remove(obj.namespace_key(), obj.name());
+                self.advance(&obj);
+                changes.push(Change::Deleted(obj));
             }
-            Event::Delete(obj) => {
-                if let Some(obj) = self.encode(obj) {
-                    state.indexes.remove(obj.namespace_key(), obj.name());
-                    self.advance(&obj);
-                    changes.push(Change::Deleted(obj));
+            Step::Init => state.relist = Some(Relist::default()),
+            Step::InitApply(obj) => {
+                let current = self.upsert_listed(&mut state, obj, &mut changes);
+                let relist = state.relist.get_or_insert_default();
+                if let Some(rv) = current.resource_version().and_then(|rv| rv.parse().ok()) {
+                    relist.highest = relist.highest.max(rv);
                 }
+                relist.listed.insert(ByName(current));
             }
-            Event::Init => state.relist = Some(Relist::default()),
-            Event::InitApply(obj) => {
-                if let Some(obj) = self.encode(obj) {
-                    let current = self.upsert_listed(&mut state, obj, &mut changes);
-                    let relist = state.relist.get_or_insert_default();
-                    if let Some(rv) = current.resource_version().and_then(|rv| rv.parse().ok()) {
-                        relist.highest = relist.highest.max(rv);
-                    }
-                    relist.listed.insert(ByName(current));
-                }
-            }
-            Event::InitDone => self.finish_list(&mut state, &mut changes),
+            Step::InitDone => self.finish_list(&mut state, &mut changes),
         }
+        // Still under the lock, so subscribers receive changes in the order applied.
         self.emit(changes);
         drop(state);
         self.changed.send_modify(|n| *n = n.wrapping_add(1));

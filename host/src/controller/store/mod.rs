@@ -10,7 +10,7 @@
 //! - [`Stored`]: one object, held once as compact JSON without `metadata.managedFields`.
 //!
 //! # Watch errors and `410 Gone`
-//! Each kind is watched by kube-runtime's [`watcher`] with `watcher::Config::default()`
+//! Each kind is watched by kube-runtime's [`watcher()`] with `watcher::Config::default()`
 //! (paged `ListWatch`, bookmarks on) behind [`WatchStreamExt::default_backoff`]: after
 //! any error the stream is not polled again until the backoff passes (client-go's
 //! reflector parameters: 800 ms doubling to 30 s, jittered, reset after 120 s without
