@@ -69,7 +69,11 @@ impl Recorder {
         let name = s("/metadata/name").unwrap_or_default();
         let ev = KubeEvent {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
+                // client-go's naming: the object's name and the time in hex nanoseconds.
+                name: Some(format!(
+                    "{name}.{:x}",
+                    jiff::Timestamp::now().as_nanosecond()
+                )),
                 namespace: Some(namespace.clone()),
                 ..Default::default()
             },

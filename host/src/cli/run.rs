@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// Resync period for every plugin, overriding what plugins declare (e.g. `30s`).
     #[arg(long, env = "REKON_RESYNC", value_parser = parse_duration)]
     pub resync: Option<Duration>,
+    /// Watch and reconcile namespaced kinds in this namespace only (default: all).
+    #[arg(long, env = "REKON_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Concurrent reconciles per plugin.
     #[arg(long, env = "REKON_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
@@ -80,6 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller::Config {
             resync_override: args.resync,
             max_concurrent_reconciles: args.concurrency,
+            namespace: args.namespace.clone(),
             sandbox_slots: sandbox.config().pool_instances as usize,
             instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "rekon".into()),
             ..Default::default()

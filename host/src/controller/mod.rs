@@ -41,6 +41,8 @@ pub struct Config {
     pub sandbox_slots: usize,
     /// Reported as the events' reporting instance (e.g. the pod name).
     pub instance: String,
+    /// Watch namespaced kinds in this namespace only (`None`: the whole cluster).
+    pub namespace: Option<String>,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             max_concurrent_reconciles: 4,
             sandbox_slots: 32,
             instance: "rekon".to_owned(),
+            namespace: None,
         }
     }
 }
@@ -145,7 +148,7 @@ impl Host {
         let kinds = Kinds::new(client.clone());
         Self {
             shared: reconciler::Shared {
-                stores: store::Stores::new(client.clone()),
+                stores: store::Stores::scoped(client.clone(), config.namespace.clone()),
                 applier: Applier::new(kinds),
                 recorder: Recorder::new(client, &config.instance),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),

@@ -22,9 +22,6 @@ pub(super) fn validate(m: &Metadata) -> Result<(), String> {
         {
             return Err(format!("watch of {} maps by an empty label key", w.kind));
         }
-        if w.kind == m.primary {
-            return Err(format!("watches its own primary kind {}", w.kind));
-        }
     }
     for k in &m.reads {
         kind("reads", k)?;

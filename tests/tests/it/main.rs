@@ -1,4 +1,20 @@
 //! rekon's integration tests: one binary, one local control plane per run.
+//!
+//! Set `REKON_TEST_LOG` (an `EnvFilter`, e.g. `rekon_host=debug`) to see the host's logs.
 
+mod controller;
 mod sandbox;
 mod smoke;
+
+/// Installs a log subscriber once when `REKON_TEST_LOG` is set; tests call it first.
+pub fn logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("REKON_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}

@@ -109,6 +109,7 @@ pub struct Stores {
 
 struct Inner {
     client: kube::Client,
+    namespace: Option<String>,
     kinds: Mutex<HashMap<Gvk, Arc<OnceCell<Arc<KindStore>>>>>,
     tasks: Mutex<Tasks>,
     watches: AtomicU64,
@@ -130,11 +131,18 @@ impl Drop for Inner {
 }
 
 impl Stores {
-    /// No stores yet; watches go through `client`.
+    /// No stores yet; watches go through `client` and cover the whole cluster.
     pub fn new(client: kube::Client) -> Self {
+        Self::scoped(client, None)
+    }
+
+    /// Like [`new`](Self::new), but namespaced kinds are watched in `namespace` only
+    /// (cluster-scoped kinds are still watched cluster-wide).
+    pub fn scoped(client: kube::Client, namespace: Option<String>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
+                namespace,
                 kinds: Mutex::default(),
                 tasks: Mutex::default(),
                 watches: AtomicU64::new(0),
@@ -230,7 +238,11 @@ impl Stores {
         let (resource, caps) = discover(&self.inner.client, kind).await?;
         let namespaced = matches!(caps.scope, Scope::Namespaced);
         let store = Arc::new(KindStore::new(kind.clone(), resource.clone(), namespaced));
-        let api: Api<DynamicObject> = Api::all_with(self.inner.client.clone(), &resource);
+        let client = self.inner.client.clone();
+        let api: Api<DynamicObject> = match (&self.inner.namespace, namespaced) {
+            (Some(ns), true) => Api::namespaced_with(client, ns, &resource),
+            _ => Api::all_with(client, &resource),
+        };
         let mut tasks = self.lock_tasks();
         if tasks.closed {
             return Err(Error::ShutDown { kind: kind.clone() });

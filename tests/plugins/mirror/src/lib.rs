@@ -2,6 +2,10 @@
 //! `rekon.dev/mirror=true` gets a mirror ConfigMap `<name>-mirror` (applied, so owned by
 //! it) holding the same `data`, minus the control key `delay-ms`.
 //!
+//! The mirrors are owned ConfigMaps, so the plugin watches its own primary kind by owner
+//! reference: a mirror is in the snapshot of its source's reconcile, and a write to it
+//! carries the resourceVersion the plugin saw.
+//!
 //! `data.delay-ms` makes the reconcile busy-wait that long (by the host clock) after the
 //! snapshot was taken, so a test can change the mirror while the plugin is deciding and
 //! provoke a 409 conflict. ConfigMaps without the label are left alone.
@@ -21,7 +25,7 @@ pub struct Mirror;
 impl Plugin for Mirror {
     fn metadata() -> Metadata {
         Metadata::new::<ConfigMap>("mirror", env!("CARGO_PKG_VERSION"))
-            .writes::<ConfigMap>()
+            .owns::<ConfigMap>()
             .resync(Duration::from_secs(600))
     }
 
