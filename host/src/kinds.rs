@@ -26,6 +26,16 @@ pub struct Error {
     pub source: kube::Error,
 }
 
+/// Whether a discovery error means the kind is not served (404, or missing from its
+/// group/version), as opposed to discovery failing.
+pub fn is_unknown(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 404,
+        kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(_)) => true,
+        _ => false,
+    }
+}
+
 /// A discovery cache.
 #[derive(Clone)]
 pub struct Kinds {

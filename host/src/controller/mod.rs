@@ -148,7 +148,7 @@ impl Host {
         let kinds = Kinds::new(client.clone());
         Self {
             shared: reconciler::Shared {
-                stores: store::Stores::scoped(client.clone(), config.namespace.clone()),
+                stores: store::Stores::with_kinds(kinds.clone(), config.namespace.clone()),
                 applier: Applier::new(kinds),
                 recorder: Recorder::new(client, &config.instance),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),

@@ -38,11 +38,11 @@ pub use kind::{Change, KindStore};
 pub use stored::Stored;
 
 use crate::contract::Gvk;
+use crate::kinds::Kinds;
 use crate::sandbox::CacheView;
 use crate::selector::Selector;
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::discovery::{self, ApiCapabilities, Scope};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,7 +108,7 @@ pub struct Stores {
 }
 
 struct Inner {
-    client: kube::Client,
+    resolver: Kinds,
     namespace: Option<String>,
     kinds: Mutex<HashMap<Gvk, Arc<OnceCell<Arc<KindStore>>>>>,
     tasks: Mutex<Tasks>,
@@ -139,9 +139,14 @@ impl Stores {
     /// Like [`new`](Self::new), but namespaced kinds are watched in `namespace` only
     /// (cluster-scoped kinds are still watched cluster-wide).
     pub fn scoped(client: kube::Client, namespace: Option<String>) -> Self {
+        Self::with_kinds(Kinds::new(client), namespace)
+    }
+
+    /// Like [`scoped`](Self::scoped), resolving kinds through a shared discovery cache.
+    pub fn with_kinds(kinds: Kinds, namespace: Option<String>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client,
+                resolver: kinds,
                 namespace,
                 kinds: Mutex::default(),
                 tasks: Mutex::default(),
@@ -235,10 +240,17 @@ impl Stores {
     }
 
     async fn start(&self, kind: &Gvk) -> Result<Arc<KindStore>, Error> {
-        let (resource, caps) = discover(&self.inner.client, kind).await?;
-        let namespaced = matches!(caps.scope, Scope::Namespaced);
+        let resolved = self.inner.resolver.resolve(kind).await.map_err(|e| {
+            let crate::kinds::Error { kind, source } = e;
+            if crate::kinds::is_unknown(&source) {
+                Error::UnknownKind { kind, source }
+            } else {
+                Error::Discovery { kind, source }
+            }
+        })?;
+        let (resource, namespaced) = (resolved.resource, resolved.namespaced);
         let store = Arc::new(KindStore::new(kind.clone(), resource.clone(), namespaced));
-        let client = self.inner.client.clone();
+        let client = self.inner.resolver.client().clone();
         let api: Api<DynamicObject> = match (&self.inner.namespace, namespaced) {
             (Some(ns), true) => Api::namespaced_with(client, ns, &resource),
             _ => Api::all_with(client, &resource),
@@ -283,29 +295,6 @@ impl CacheView for Stores {
             })
             .unwrap_or_default()
     }
-}
-
-/// Resolves `kind` at its pinned group/version.
-async fn discover(
-    client: &kube::Client,
-    kind: &Gvk,
-) -> Result<(ApiResource, ApiCapabilities), Error> {
-    let gvk = GroupVersionKind::gvk(&kind.group, &kind.version, &kind.kind);
-    discovery::pinned_kind(client, &gvk)
-        .await
-        .map_err(|source| {
-            let unknown = match &source {
-                kube::Error::Api(status) => status.code == 404,
-                kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(_)) => true,
-                _ => false,
-            };
-            let kind = kind.clone();
-            if unknown {
-                Error::UnknownKind { kind, source }
-            } else {
-                Error::Discovery { kind, source }
-            }
-        })
 }
 
 /// The kind's watcher task: feeds every event into the store until aborted. See the
