@@ -245,6 +245,17 @@ pub struct Condition {
     pub message: String,
 }
 
+/// Which decision export a call makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Entry {
+    /// `reconcile`: decide what a live primary needs.
+    #[default]
+    Reconcile,
+    /// `finalize`: clean up before a primary carrying the plugin's finalizer goes away.
+    Finalize,
+}
+
 /// The input of one reconcile.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Request {

@@ -17,7 +17,7 @@ use super::{Config, Stats};
 use crate::apply::events::Recorder;
 use crate::apply::{Applier, Snapshot, Written};
 use crate::contract::{
-    Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
+    Entry, Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
 };
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
@@ -269,12 +269,13 @@ impl Reconciler {
         let Ok(_slot) = self.shared.sandbox_slots.clone().acquire_owned().await else {
             return Outcome::RetryNow;
         };
+        let entry = if deleting {
+            Entry::Finalize
+        } else {
+            Entry::Reconcile
+        };
         let call = tokio::task::spawn_blocking(move || {
-            if deleting {
-                call_plugin.finalize(&request, Clock::System, cache)
-            } else {
-                call_plugin.reconcile(&request, Clock::System, cache)
-            }
+            call_plugin.decide(entry, &request, Clock::System, cache)
         })
         .await;
         drop(_slot);

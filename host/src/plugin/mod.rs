@@ -15,7 +15,7 @@ pub use artifacts::{Artifacts, Origin};
 pub use policy::accepted_versions;
 
 use crate::apply::check;
-use crate::contract::{GuestError, Gvk, Metadata, ObjectKey, Output, Request};
+use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Output, Request};
 use crate::sandbox::{self, CacheView, Call, Clock, Limits, PluginPre, Sandbox, Scope};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -290,30 +290,29 @@ impl Loaded {
         }
     }
 
-    /// Reconciles: calls the plugin, then checks its output against its declaration.
+    /// Calls `reconcile` or `finalize`, then checks the output against the plugin's
+    /// declaration.
+    pub fn decide(
+        &self,
+        entry: Entry,
+        request: &Request,
+        clock: Clock,
+        cache: Arc<dyn CacheView>,
+    ) -> Call<Output, Fault> {
+        let call = self
+            .pre
+            .decide(entry, request, &self.limits, clock, self.scope(cache));
+        self.checked(call, request)
+    }
+
+    /// [`decide`](Self::decide) with [`Entry::Reconcile`].
     pub fn reconcile(
         &self,
         request: &Request,
         clock: Clock,
         cache: Arc<dyn CacheView>,
     ) -> Call<Output, Fault> {
-        let call = self
-            .pre
-            .reconcile(request, &self.limits, clock, self.scope(cache));
-        self.checked(call, request)
-    }
-
-    /// Finalizes: calls `finalize`, then checks its output.
-    pub fn finalize(
-        &self,
-        request: &Request,
-        clock: Clock,
-        cache: Arc<dyn CacheView>,
-    ) -> Call<Output, Fault> {
-        let call = self
-            .pre
-            .finalize(request, &self.limits, clock, self.scope(cache));
-        self.checked(call, request)
+        self.decide(Entry::Reconcile, request, clock, cache)
     }
 
     /// Maps an object of a custom-mapped watched kind to primary keys.

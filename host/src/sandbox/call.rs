@@ -5,7 +5,7 @@ use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
 use super::state::{HostState, MemoryCapExceeded};
 use super::{Clock, Error, Limits, Sandbox, Scope, boxed};
-use crate::contract::{GuestError, Gvk, Metadata, ObjectKey, Request};
+use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Request};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 
@@ -97,9 +97,10 @@ impl PluginPre {
         })
     }
 
-    /// Calls `reconcile(request)`.
-    pub fn reconcile(
+    /// Calls `reconcile(request)` or `finalize(request)`.
+    pub fn decide(
         &self,
+        entry: Entry,
         request: &Request,
         limits: &Limits,
         clock: Clock,
@@ -107,25 +108,12 @@ impl PluginPre {
     ) -> Call<Result<RawOutput, GuestError>> {
         let req = convert::request(request);
         self.invoke(limits, clock, Some(scope), move |b, s| {
-            b.rekon_plugin_guest()
-                .call_reconcile(s, &req)
-                .map(|r| r.map(convert::output).map_err(convert::guest_error))
-        })
-    }
-
-    /// Calls `finalize(request)`.
-    pub fn finalize(
-        &self,
-        request: &Request,
-        limits: &Limits,
-        clock: Clock,
-        scope: Scope,
-    ) -> Call<Result<RawOutput, GuestError>> {
-        let req = convert::request(request);
-        self.invoke(limits, clock, Some(scope), move |b, s| {
-            b.rekon_plugin_guest()
-                .call_finalize(s, &req)
-                .map(|r| r.map(convert::output).map_err(convert::guest_error))
+            let guest = b.rekon_plugin_guest();
+            let result = match entry {
+                Entry::Reconcile => guest.call_reconcile(s, &req),
+                Entry::Finalize => guest.call_finalize(s, &req),
+            };
+            result.map(|r| r.map(convert::output).map_err(convert::guest_error))
         })
     }
 

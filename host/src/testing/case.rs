@@ -41,16 +41,7 @@ pub enum Error {
     },
 }
 
-/// Which export a case calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Entry {
-    /// `reconcile` (the default).
-    #[default]
-    Reconcile,
-    /// `finalize`.
-    Finalize,
-}
+pub use crate::contract::Entry;
 
 /// One case: what the plugin is given and what it must answer.
 #[derive(Debug, Clone, Deserialize)]

@@ -98,10 +98,7 @@ pub fn run(plugin: &Loaded, c: &case::Loaded) -> Report {
             .chain(&case.cache),
     ));
     let clock = c.now_ms.map(Clock::Fixed).unwrap_or_default();
-    let call = match case.call {
-        case::Entry::Reconcile => plugin.reconcile(&request, clock, cache),
-        case::Entry::Finalize => plugin.finalize(&request, clock, cache),
-    };
+    let call = plugin.decide(case.call, &request, clock, cache);
     let mut report = Report {
         name: c.name.clone(),
         failures: Vec::new(),

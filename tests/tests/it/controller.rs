@@ -290,13 +290,13 @@ async fn a_conflicting_foreign_write_is_not_overwritten_blindly_and_the_host_con
     .await
     .unwrap();
 
-    // The next reconcile takes 1.5 s to decide; while it does, a foreign writer changes
+    // The next reconcile takes 1 s to decide; while it does, a foreign writer changes
     // the mirror the plugin saw.
     let before = count(&stats.reconciles);
     cms.patch(
         "src",
         &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"value": "v2", "delay-ms": "1500"}})),
+        &Patch::Merge(json!({"data": {"value": "v2", "delay-ms": "1000"}})),
     )
     .await
     .unwrap();

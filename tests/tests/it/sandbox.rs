@@ -21,7 +21,7 @@ fn sandbox() -> Sandbox {
 fn limits() -> sandbox::Limits {
     sandbox::Limits {
         memory_bytes: 32 << 20,
-        time_budget: Duration::from_millis(500),
+        time_budget: Duration::from_secs(1),
         ..Default::default()
     }
 }
@@ -307,7 +307,7 @@ fn guest_errors_stay_distinct_from_sandbox_failures() {
 fn excess_stdout_is_dropped_not_fatal() {
     let call = hostile().reconcile(
         &Request {
-            primary: json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"n","namespace":"d"},"data":{"mode":"stdout"}})
+            primary: json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"n","namespace":"d"},"data":{"mode":"stdout","bytes":"1048576"}})
                 .to_string(),
             related: vec![],
             settings: "{}".into(),
