@@ -16,7 +16,6 @@ use rekon_tests::controlplane::{
 };
 use rekon_tests::plugins;
 use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -501,52 +500,40 @@ async fn two_plugins_on_configmaps_share_one_watch() {
 /// breaks and cannot reconnect until the proxy is restored.
 struct Proxy {
     port: u16,
-    open: Arc<std::sync::atomic::AtomicBool>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    open: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
     async fn start(upstream: std::net::SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (o, g) = (open.clone(), generation.clone());
+        let (open, _) = tokio::sync::watch::channel(true);
+        let state = open.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: connection refused-ish
+                if !*state.borrow() {
+                    continue; // refused while cut: the connection is dropped at once
                 }
-                let (o, g) = (o.clone(), g.clone());
-                let born = g.load(Ordering::SeqCst);
+                let mut cut = state.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    let cut = async {
-                        while o.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                    let closed = cut.wait_for(|open| !open);
+                    tokio::select! { _ = copy => {}, _ = closed => {} }
                 });
             }
         });
-        Self {
-            port,
-            open,
-            generation,
-        }
+        Self { port, open }
     }
 
     fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.open.send_replace(false);
     }
 
     fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
+        self.open.send_replace(true);
     }
 }
 
