@@ -11,6 +11,8 @@
 //! - [`selector`]: label selectors.
 //! - [`cli`]: the `rekon` command line.
 
+#![warn(missing_docs)]
+
 pub mod apply;
 pub mod cli;
 pub mod contract;
