@@ -18,6 +18,7 @@ pub const CRATES: &[&str] = &[
     "missing-export-plugin",
     "mirror-plugin",
     "nodepool",
+    "cleanup-plugin",
 ];
 
 /// The workspace root.

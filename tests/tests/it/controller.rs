@@ -632,3 +632,88 @@ async fn an_expired_watch_relists_and_reconciles_what_changed_meanwhile() {
     );
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+fn cleanup_source(name: &str, data: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"rekon.dev/cleanup": "true"}},
+        "data": data,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_finalizer_holds_deletion_until_the_plugin_finishes_cleanup() {
+    let (client, ns) = setup("finalize").await;
+    let (_host, running) = start(&client, config(ns.name()), &["cleanup-plugin"]).await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &cleanup_source("held", json!({"cleanup-ms": "1500"})),
+    )
+    .await
+    .unwrap();
+    wait_until("the host adds the plugin's finalizer", WAIT, || async {
+        let cm = cms.get("held").await.ok()?;
+        cm.metadata
+            .finalizers?
+            .contains(&"rekon.dev/cleanup".to_owned())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let calls_before = count(&running[0].stats().reconciles);
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let pending = cms
+        .get("held")
+        .await
+        .expect("still there while cleanup runs");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    wait_until("deletion completes once cleanup is done", WAIT, || async {
+        cms.get_opt("held").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    let finalize_calls = count(&running[0].stats().reconciles) - calls_before;
+    println!("finalizer: {finalize_calls} finalize calls before the finalizer was removed");
+    assert!(
+        finalize_calls >= 2,
+        "finalize was asked again while cleanup was pending"
+    );
+}
+
+#[tokio::test]
+async fn owned_children_no_longer_applied_are_pruned() {
+    let (client, ns) = setup("prune").await;
+    let (_host, _running) = start(&client, config(ns.name()), &["cleanup-plugin"]).await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &cleanup_source("parent", json!({"children": "a,b"})),
+    )
+    .await
+    .unwrap();
+    wait_until("both children exist", WAIT, || async {
+        let a = cms.get_opt("parent-a").await.ok()??;
+        let b = cms.get_opt("parent-b").await.ok()??;
+        Some((a, b))
+    })
+    .await
+    .unwrap();
+    cms.patch(
+        "parent",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"children": "a"}})),
+    )
+    .await
+    .unwrap();
+    wait_until("child b is pruned", WAIT, || async {
+        cms.get_opt("parent-b").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        cms.get_opt("parent-a").await.unwrap().is_some(),
+        "child a is kept"
+    );
+}
