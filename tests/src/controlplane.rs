@@ -1215,7 +1215,10 @@ mod tests {
         let src = copy_of_sources();
         fs::write(
             src.path().join("broken.go"),
-            "package main\n\nfunc broken() { this is not Go }\n",
+            // An error in the import clause fails while go loads packages, before it
+            // compiles any dependency (a body-level error would first build all of
+            // Kubernetes on a cold cache).
+            "package main\n\nimport (\n\tthis is not Go\n)\n",
         )
         .expect("writing a broken source");
         let bin = tempfile::tempdir().expect("a temporary directory");
