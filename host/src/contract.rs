@@ -56,6 +56,23 @@ impl fmt::Display for Gvk {
     }
 }
 
+/// A string field of an object's `metadata` (`name`, `namespace`, `uid`,
+/// `resourceVersion`...), if present.
+pub fn meta<'a>(object: &'a serde_json::Value, field: &str) -> Option<&'a str> {
+    object.get("metadata")?.get(field)?.as_str()
+}
+
+/// The kind of an object, from its `apiVersion` and `kind` (empty parts when absent).
+pub fn kind_of(object: &serde_json::Value) -> Gvk {
+    let s = |k: &str| {
+        object
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    };
+    Gvk::from_api_version(s("apiVersion"), s("kind"))
+}
+
 /// How an event on a watched kind maps to primary keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -24,7 +24,7 @@ pub mod events;
 pub mod owner;
 pub mod status;
 
-use crate::contract::{Gvk, Mutation, Output, Target};
+use crate::contract::{Gvk, Mutation, Output, Target, kind_of, meta};
 use crate::kinds::{self, Kinds};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Value, json};
@@ -206,21 +206,14 @@ impl Applier {
     ) -> Applied {
         let mut applied = Applied::default();
         let primary_kind = kind_of(primary);
-        let primary_ns = primary
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        let primary_name = primary
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let primary_ns = meta(primary, "namespace");
+        let primary_name = meta(primary, "name").unwrap_or_default();
         let mut primary_status: Option<&Value> = None;
         let mut applied_keys = Vec::new();
         for m in &output.mutations {
             let result = match m {
                 Mutation::UpdateStatus(obj)
-                    if kind_of(obj) == primary_kind
-                        && obj.pointer("/metadata/name").and_then(Value::as_str)
-                            == Some(primary_name) =>
+                    if kind_of(obj) == primary_kind && meta(obj, "name") == Some(primary_name) =>
                 {
                     // Written last, merged with the conditions.
                     primary_status = Some(obj);
@@ -244,19 +237,12 @@ impl Applier {
             }
         }
         if output.prune
-            && let Some(uid) = primary.pointer("/metadata/uid").and_then(Value::as_str)
+            && let Some(uid) = meta(primary, "uid")
         {
             for child in children.iter().filter(|c| owner::controlled_by(c, uid)) {
                 let k = kind_of(child);
-                let ns = child
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let name = child
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let ns = meta(child, "namespace").map(str::to_owned);
+                let name = meta(child, "name").unwrap_or_default().to_owned();
                 if applied_keys.contains(&(k.clone(), ns.clone(), name.clone())) {
                     continue;
                 }
@@ -317,18 +303,9 @@ impl Applier {
         obj: &Value,
     ) -> Result<Written, Error> {
         let kind = kind_of(obj);
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let primary_ns = primary
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        let ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .or(primary_ns);
+        let name = meta(obj, "name").unwrap_or_default().to_owned();
+        let primary_ns = meta(primary, "namespace");
+        let ns = meta(obj, "namespace").or(primary_ns);
         let (api, namespaced) = self.api(&kind, ns).await?;
         let ns = if namespaced {
             ns.map(str::to_owned)
@@ -365,13 +342,8 @@ impl Applier {
             | Mutation::Update(o)
             | Mutation::UpdateStatus(o) => (
                 kind_of(o),
-                o.pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                o.pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                meta(o, "namespace").map(str::to_owned),
+                meta(o, "name").unwrap_or_default().to_owned(),
             ),
             Mutation::MergePatch { target, .. } | Mutation::Delete(target) => {
                 (target.gvk(), target.namespace.clone(), target.name.clone())
@@ -390,9 +362,7 @@ impl Applier {
             Mutation::MergePatch { target, .. } | Mutation::Delete(target) => {
                 target.resource_version.clone()
             }
-            Mutation::Update(o) | Mutation::UpdateStatus(o) => o
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
+            Mutation::Update(o) | Mutation::UpdateStatus(o) => meta(o, "resourceVersion")
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             _ => None,
@@ -490,11 +460,6 @@ fn written(
 /// The field manager of a plugin's server-side applies.
 pub fn field_manager(plugin: &str) -> String {
     format!("rekon-{plugin}")
-}
-
-fn kind_of(o: &Value) -> Gvk {
-    let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default();
-    Gvk::from_api_version(s("/apiVersion"), s("/kind"))
 }
 
 fn describe(kind: &Gvk, ns: Option<&str>, name: &str) -> String {

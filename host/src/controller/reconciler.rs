@@ -18,6 +18,7 @@ use crate::apply::events::Recorder;
 use crate::apply::{Applier, Snapshot, Written};
 use crate::contract::{
     Entry, Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
+    meta,
 };
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
@@ -309,17 +310,9 @@ impl Reconciler {
     }
 
     fn related(&self, primary: &Value) -> Vec<Value> {
-        let uid = primary
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let ns = primary
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        let name = primary
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let uid = meta(primary, "uid").unwrap_or_default();
+        let ns = meta(primary, "namespace");
+        let name = meta(primary, "name").unwrap_or_default();
         let mut out = Vec::new();
         for (mapping, store) in &self.watched {
             let objects = match mapping {
