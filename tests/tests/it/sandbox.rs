@@ -187,20 +187,22 @@ fn rekon_test_passes_the_webapp_cases() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
-#[test]
-fn a_plugin_gets_an_error_not_access_when_it_opens_a_file() {
-    let out = run_hostile(json!({"mode": "fs"})).expect("the plugin reports, not traps");
+/// Runs a probing mode of the hostile plugin and checks it reported a refusal.
+fn assert_probe_denied(mode: &str) {
+    let out = run_hostile(json!({"mode": mode})).expect("the plugin reports, not traps");
     let notes = event_notes(&out);
-    assert!(!notes.is_empty(), "the fs mode reports what happened");
+    assert!(!notes.is_empty(), "the {mode} mode reports what happened");
     assert!(!notes.contains("ACCESS GRANTED"), "{notes}");
 }
 
 #[test]
+fn a_plugin_gets_an_error_not_access_when_it_opens_a_file() {
+    assert_probe_denied("fs");
+}
+
+#[test]
 fn a_plugin_gets_an_error_not_access_when_it_opens_a_socket() {
-    let out = run_hostile(json!({"mode": "socket"})).expect("the plugin reports, not traps");
-    let notes = event_notes(&out);
-    assert!(!notes.is_empty(), "the socket mode reports what happened");
-    assert!(!notes.contains("ACCESS GRANTED"), "{notes}");
+    assert_probe_denied("socket");
 }
 
 #[test]

@@ -476,15 +476,7 @@ mod tests {
     fn drain(rx: &mut mpsc::UnboundedReceiver<Change>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(change) = rx.try_recv() {
-            out.push(match change {
-                Change::Applied(o) => format!(
-                    "applied {}@{}",
-                    o.name(),
-                    o.resource_version().unwrap_or("-")
-                ),
-                Change::Deleted(o) => format!("deleted {}", o.name()),
-                Change::Relisted => "relisted".to_owned(),
-            });
+            out.push(crate::controller::store::testing::describe(change));
         }
         out
     }

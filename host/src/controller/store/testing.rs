@@ -159,3 +159,16 @@ impl Obj {
         self.obj
     }
 }
+
+/// A change as one line (`applied a@5`, `deleted b`, `relisted`), for asserting sequences.
+pub(crate) fn describe(change: super::Change) -> String {
+    match change {
+        super::Change::Applied(o) => format!(
+            "applied {}@{}",
+            o.name(),
+            o.resource_version().unwrap_or("-")
+        ),
+        super::Change::Deleted(o) => format!("deleted {}", o.name()),
+        super::Change::Relisted => "relisted".to_owned(),
+    }
+}

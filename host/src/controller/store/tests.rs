@@ -140,15 +140,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Change>) -> String {
         .await
         .expect("a change within the timeout")
         .expect("the store is alive");
-    match change {
-        Change::Applied(o) => format!(
-            "applied {}@{}",
-            o.name(),
-            o.resource_version().unwrap_or("-")
-        ),
-        Change::Deleted(o) => format!("deleted {}", o.name()),
-        Change::Relisted => "relisted".to_owned(),
-    }
+    super::testing::describe(change)
 }
 
 #[tokio::test(start_paused = true)]
