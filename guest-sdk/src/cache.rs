@@ -37,9 +37,11 @@ pub enum Error {
     Invalid {
         /// The kind asked for.
         kind: String,
+        /// The object's namespace, `None` when cluster-scoped.
+        namespace: Option<String>,
         /// The object's name.
         name: String,
-        /// What did not fit.
+        /// What did not fit: the field path and serde's reason.
         message: String,
     },
 }
@@ -51,9 +53,19 @@ impl fmt::Display for Error {
             Self::BadSelector(m) => write!(f, "bad label selector: {m}"),
             Self::Invalid {
                 kind,
+                namespace,
                 name,
                 message,
-            } => write!(f, "cached {kind} {name:?} does not fit its type: {message}"),
+            } => {
+                let ns = namespace
+                    .as_deref()
+                    .map(|ns| format!("{ns}/"))
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "cached {kind} {ns}{name} does not fit its type: {message}"
+                )
+            }
         }
     }
 }
@@ -125,9 +137,13 @@ pub fn list_dynamic(
 }
 
 fn decode<T: DeserializeOwned>(kind: &str, json: &str) -> Result<T, Error> {
-    serde_json::from_str(json).map_err(|e| Error::Invalid {
-        kind: kind.to_owned(),
-        name: crate::request::name_of(json).unwrap_or_default(),
-        message: e.to_string(),
+    crate::decode::from_str(json).map_err(|message| {
+        let key = crate::request::key_of(json);
+        Error::Invalid {
+            kind: kind.to_owned(),
+            namespace: key.namespace,
+            name: key.name,
+            message,
+        }
     })
 }

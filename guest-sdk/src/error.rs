@@ -11,9 +11,14 @@ use std::fmt;
 ///   retried until the object changes. Use it for "never, as the object stands" — an
 ///   invalid spec, an object that does not parse.
 ///
-/// `?` converts the SDK's other errors: a [`serde_json::Error`] and a
-/// [`cache::Error`](crate::cache::Error) become permanent errors carrying their message.
-/// Add context with [`Error::context`].
+/// `?` converts the SDK's other errors: a [`serde_json::Error`], a
+/// [`cache::Error`](crate::cache::Error) and a [`selector::Error`](crate::selector::Error)
+/// become permanent errors carrying their message. Add context with [`Error::context`].
+///
+/// The SDK's own decoding errors name what did not fit and where, so a Warning event on
+/// the primary tells its owner what to fix: ``WebApp shop/web does not fit WebApp:
+/// spec: missing field `image` ``, `related Deployment shop/web does not fit
+/// Deployment: spec.replicas: invalid type: string "3", expected i32`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// Retry with backoff.
@@ -70,7 +75,7 @@ impl From<serde_json::Error> for Error {
     /// A permanent error: JSON that does not fit the expected type will not fit it on
     /// retry either.
     fn from(e: serde_json::Error) -> Self {
-        Self::Permanent(format!("invalid JSON: {e}"))
+        Self::Permanent(format!("JSON does not fit: {e}"))
     }
 }
 

@@ -66,6 +66,9 @@
 //! rekon_sdk::export_plugin!(Greeter);
 //! ```
 //!
+//! `rekon new NAME` creates such a crate, and rekon's `docs/plugin-guide.md` walks through
+//! writing, testing and deploying one.
+//!
 //! # Map
 //!
 //! - [`Plugin`], [`Metadata`], [`export_plugin!`]: what a plugin is and declares.
@@ -78,6 +81,9 @@
 //! - [`Kind`], [`Gvk`], [`DynamicObject`]: typed objects are k8s-openapi types (re-exported
 //!   as [`k8s_openapi`]) and your own serde types implementing [`Kind`].
 //! - [`cache`], [`log`](mod@log) (and the [`info!`] … macros), [`clock`]: the host's imports.
+//! - Helpers for decisions: [`condition::set`] (conditions in a status you write
+//!   yourself), [`owner`] (is this child the primary's? a reference to the primary),
+//!   [`selector`] (label selectors, `matchLabels` and `matchExpressions`).
 //! - [`testing`] (native only): fixtures, a fake host, assertions on outputs.
 //!
 //! # Native and wasm
@@ -96,13 +102,16 @@ pub mod bindings;
 pub mod cache;
 pub mod clock;
 pub mod condition;
+mod decode;
 mod error;
 pub mod log;
 pub mod object;
 pub mod output;
+pub mod owner;
 pub mod plugin;
 pub mod raw;
 mod request;
+pub mod selector;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -123,6 +132,7 @@ pub use serde_json;
 /// Everything a typical plugin imports: `use rekon_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::condition::{Condition, Status};
+    pub use crate::selector::Selector;
     pub use crate::{
         DynamicObject, Error, EventType, Gvk, Kind, Mapping, Metadata, ObjectKey, Output, Plugin,
         Request, Target,

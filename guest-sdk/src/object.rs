@@ -189,13 +189,13 @@ impl DynamicObject {
     ///
     /// A permanent [`Error`] if the object does not deserialise into `T`.
     pub fn to_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        let value = serde_json::to_value(self)?;
-        serde_json::from_value(value).map_err(|e| {
+        let json = serde_json::to_string(self)?;
+        crate::decode::from_str(&json).map_err(|reason| {
             Error::permanent(format!(
-                "{} {} is not a valid {}: {e}",
+                "{} {} does not fit {}: {reason}",
                 self.kind,
-                self.name(),
-                std::any::type_name::<T>()
+                ObjectKey::of(&self.metadata),
+                crate::decode::short_type_name::<T>()
             ))
         })
     }

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{DynamicObject, Error, Gvk, Kind, ObjectKey};
+use crate::{DynamicObject, Error, Gvk, Kind, ObjectKey, decode};
 
 /// The primary object, the related objects the host's cache holds for it, and the
 /// operator's settings for the plugin — all as the host sent them (JSON), decoded on
@@ -73,9 +73,13 @@ impl Head {
     }
 }
 
-/// The `metadata.name` of an object's JSON, if it parses.
-pub(crate) fn name_of(json: &str) -> Option<String> {
-    serde_json::from_str::<Head>(json).ok()?.metadata.name
+/// The namespace and name of an object's JSON (empty if it does not parse).
+pub(crate) fn key_of(json: &str) -> ObjectKey {
+    let head = serde_json::from_str::<Head>(json).unwrap_or_default();
+    ObjectKey {
+        namespace: head.metadata.namespace,
+        name: head.metadata.name.unwrap_or_default(),
+    }
 }
 
 impl Request {
@@ -115,11 +119,11 @@ impl Request {
     /// A permanent [`Error`] naming the object if it does not fit `T` (an invalid spec
     /// does not become valid on retry).
     pub fn primary<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.primary).map_err(|e| {
+        decode::from_str(&self.primary).map_err(|reason| {
             Error::permanent(format!(
-                "{} does not fit {}: {e}",
+                "{} does not fit {}: {reason}",
                 self.head.describe(),
-                short_type_name::<T>()
+                decode::short_type_name::<T>()
             ))
         })
     }
@@ -246,10 +250,10 @@ impl Request {
         } else {
             &self.settings
         };
-        serde_json::from_str(json).map_err(|e| {
+        decode::from_str(json).map_err(|reason| {
             Error::permanent(format!(
-                "plugin settings do not fit {}: {e}",
-                short_type_name::<T>()
+                "plugin settings do not fit {}: {reason}",
+                decode::short_type_name::<T>()
             ))
         })
     }
@@ -261,20 +265,13 @@ impl Request {
 }
 
 fn decode_related<T: DeserializeOwned>(head: &Head, json: &str) -> Result<T, Error> {
-    serde_json::from_str(json).map_err(|e| {
+    decode::from_str(json).map_err(|reason| {
         Error::permanent(format!(
-            "related {} does not fit {}: {e}",
+            "related {} does not fit {}: {reason}",
             head.describe(),
-            short_type_name::<T>()
+            decode::short_type_name::<T>()
         ))
     })
-}
-
-/// `Deployment` for `k8s_openapi::api::apps::v1::Deployment`.
-fn short_type_name<T>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base)
 }
 
 #[cfg(test)]
@@ -354,12 +351,46 @@ mod tests {
         }
         let err = request(&[]).primary::<Strict>().unwrap_err();
         assert!(!err.is_transient());
+        assert_eq!(
+            err.message(),
+            "WebApp default/web does not fit Strict: spec: missing field `image`"
+        );
+    }
+
+    #[test]
+    fn a_related_object_that_does_not_fit_is_named_with_the_field_path() {
+        const BAD_REPLICAS: &str = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","namespace":"default"},"spec":{"replicas":"3","selector":{},"template":{}}}"#;
+        let err = request(&[BAD_REPLICAS])
+            .related::<Deployment>()
+            .unwrap_err();
+        assert_eq!(
+            err.message(),
+            r#"related Deployment default/web does not fit Deployment: spec.replicas: invalid type: string "3", expected i32"#
+        );
+        assert!(!err.is_transient());
+        let err = request(&[BAD_REPLICAS])
+            .related_named::<Deployment>("web")
+            .unwrap_err();
+        assert!(err.message().contains("spec.replicas"), "{err}");
+    }
+
+    #[test]
+    fn a_dynamic_object_that_does_not_fit_names_itself_and_the_field() {
+        let dynamic = DynamicObject::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"ports": "80"},
+        }))
+        .unwrap();
+        let err = dynamic.to_typed::<Service>().unwrap_err();
         assert!(
-            err.message()
-                .contains("WebApp default/web does not fit Strict"),
+            err.message().starts_with(
+                r#"Service default/web does not fit Service: spec.ports: invalid type: string "80""#
+            ),
             "{err}"
         );
-        assert!(err.message().contains("missing field `image`"), "{err}");
+        let fine = request(&[DEPLOY_WEB]).related_dynamic().unwrap().remove(0);
+        assert!(fine.to_typed::<Deployment>().is_ok());
     }
 
     #[test]
@@ -385,11 +416,9 @@ mod tests {
         assert_eq!(req.settings::<Settings>().unwrap().replicas_cap, Some(3));
         let req =
             Request::from_json("{}".into(), vec![], r#"{"replicas_cap":"x"}"#.into()).unwrap();
-        assert!(
-            req.settings::<Settings>()
-                .unwrap_err()
-                .message()
-                .contains("settings")
+        assert_eq!(
+            req.settings::<Settings>().unwrap_err().message(),
+            r#"plugin settings do not fit Settings: replicas_cap: invalid type: string "x", expected u32"#
         );
     }
 }

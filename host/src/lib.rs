@@ -9,6 +9,8 @@
 //! - [`apply`]: checking a plugin's output against what it declared.
 //! - [`testing`]: running a compiled plugin against fixture cases (`rekon test`).
 //! - [`selector`]: label selectors.
+//! - [`operator`]: hot-reloaded plugin directory, per-plugin config, leader election.
+//! - [`metrics`] and [`serve`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: the `rekon` command line.
 
 #![warn(missing_docs)]
@@ -18,8 +20,11 @@ pub mod cli;
 pub mod contract;
 pub mod controller;
 pub mod kinds;
+pub mod metrics;
+pub mod operator;
 pub mod plugin;
 pub mod rbac;
 pub mod sandbox;
 pub mod selector;
+pub mod serve;
 pub mod testing;

@@ -26,11 +26,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", cli::check(&plugin, artifact_dir.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::New(args) => {
+            print!("{}", cli::new(&args)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cli::run(args))?;
+            runtime.block_on(cli::run(args))
+        }
+        Command::Rbac(args) => {
+            print!("{}", cli::rbac(&args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { plugin, cases } => {
@@ -63,6 +70,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -19,6 +19,11 @@ pub const CRATES: &[&str] = &[
     "mirror-plugin",
     "nodepool",
     "cleanup-plugin",
+    "netdefaults",
+    "teardown",
+    "rollout",
+    "stamp-plugin",
+    "stamp-next-plugin",
 ];
 
 /// The workspace root.

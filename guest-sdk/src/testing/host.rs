@@ -5,10 +5,10 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::selector::Selector;
 use crate::log::Level;
 use crate::object::IntoObject;
 use crate::object::meta_str;
+use crate::selector::Selector;
 use crate::{Gvk, Metadata, Plugin, cache, clock};
 
 /// A fake of the host's imports for native tests: an object cache for
@@ -254,7 +254,7 @@ pub(crate) fn list(
     let selector = selector
         .map(Selector::parse)
         .transpose()
-        .map_err(cache::Error::BadSelector)?;
+        .map_err(|e| cache::Error::BadSelector(e.to_string()))?;
     let Some(host) = current() else {
         return Ok(Vec::new());
     };
@@ -265,7 +265,7 @@ pub(crate) fn list(
         .filter(|o| {
             selector
                 .as_ref()
-                .is_none_or(|s| s.matches(o["metadata"]["labels"].as_object()))
+                .is_none_or(|s| s.matches_with(|key| o["metadata"]["labels"][key].as_str()))
         })
         .map(Value::to_string)
         .collect())
@@ -358,8 +358,12 @@ mod tests {
             .run(|| cache::get::<ConfigMap>(Some("x"), "bad"))
             .unwrap_err();
         assert!(
-            matches!(&err, cache::Error::Invalid { name, .. } if name == "bad"),
+            matches!(&err, cache::Error::Invalid { name, namespace: Some(ns), .. } if name == "bad" && ns == "x"),
             "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "cached ConfigMap x/bad does not fit its type: data: invalid type: sequence, expected a map"
         );
     }
 

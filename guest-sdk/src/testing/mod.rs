@@ -44,7 +44,6 @@
 mod fixture;
 pub(crate) mod host;
 mod inspect;
-mod selector;
 
 pub use fixture::{Obj, obj, object, request};
 pub use host::{FakeHost, Installed, LogLine};

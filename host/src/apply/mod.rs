@@ -4,8 +4,8 @@
 //! - `apply` is server-side apply with one field manager per plugin (`rekon-<plugin>`),
 //!   forced (the plugin decided on what it saw), carrying the snapshot's
 //!   resourceVersion when the object was in the snapshot, so a change since is refused
-//!   with 409 Conflict. The host adds a controller owner reference to the primary and
-//!   defaults the namespace to the primary's.
+//!   with 409 Conflict. The host adds a controller owner reference to the primary (not
+//!   when the object is the primary itself) and defaults the namespace to the primary's.
 //! - `update`, `update-status`, `merge-patch` and `delete` carry the resourceVersion (and
 //!   for patch and delete the uid) the plugin gave or the snapshot had; a target the
 //!   snapshot does not hold and that carries no resourceVersion is refused
@@ -13,6 +13,12 @@
 //! - `create` fails if the object exists (AlreadyExists is reported as a conflict).
 //! - The first conflict stops the output: the remaining mutations are dropped and the
 //!   caller requeues the primary promptly.
+//! - A later mutation of an object the same output already wrote (say, the host's status
+//!   write after the plugin applied fields of its own primary) carries the
+//!   resourceVersion that write returned: only the plugin's own write came in between.
+//! - Every write stays within the primary's [`owner::Scope`]: its namespace (or, for a
+//!   Namespace, the one it names), cluster-scoped objects only for cluster-scoped
+//!   primaries; anything else is refused ([`Error::OutOfScope`]) before it is sent.
 //! - Conditions are merged into the primary's status (observedGeneration,
 //!   lastTransitionTime) and written through the status subresource with the primary's
 //!   resourceVersion; a status equal to the snapshot's is not written.
@@ -27,6 +33,7 @@ pub mod status;
 use crate::contract::{Gvk, Mutation, Output, Target, kind_of, meta};
 use crate::kinds::{self, Kinds};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
+use owner::Scope;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -69,6 +76,21 @@ impl Snapshot {
             .get(&(kind.clone(), namespace.map(str::to_owned), name.to_owned()))
             .map(|(rv, uid)| (rv.as_str(), uid.as_str()))
     }
+
+    /// Records a write of the same output: a later mutation of that object carries the
+    /// resourceVersion the write returned (the uid stays the one seen). A completed
+    /// delete (no resourceVersion) changes nothing.
+    pub fn record(&mut self, written: &Written) {
+        let Some(rv) = &written.resource_version else {
+            return;
+        };
+        let key = (
+            written.kind.clone(),
+            written.namespace.clone(),
+            written.name.clone(),
+        );
+        self.seen.entry(key).or_default().0.clone_from(rv);
+    }
 }
 
 /// A write the server accepted.
@@ -99,6 +121,18 @@ pub enum Error {
         /// The API error.
         #[source]
         source: Box<kube::Error>,
+    },
+    /// A write outside the primary's [`Scope`]: a namespace other than the primary's, a
+    /// namespaced object for a cluster-scoped primary (other than a Namespace), or a
+    /// cluster-scoped object for a namespaced primary.
+    #[error("{verb} {what}: refused, outside the primary's scope: {scope}")]
+    OutOfScope {
+        /// Mutation verb.
+        verb: &'static str,
+        /// The object.
+        what: String,
+        /// The primary's scope, described.
+        scope: String,
     },
     /// A write to an object the plugin did not see, without a resourceVersion.
     #[error(
@@ -144,6 +178,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Conflict { .. } => "conflict",
+            Error::OutOfScope { .. } => "out_of_scope",
             Error::NoPrecondition { .. } => "no_precondition",
             Error::Refused { .. } => "refused",
             Error::Unavailable { .. } => "unavailable",
@@ -205,6 +240,8 @@ impl Applier {
         now: &str,
     ) -> Applied {
         let mut applied = Applied::default();
+        let mut snapshot = snapshot.clone();
+        let scope = Scope::of(primary);
         let primary_kind = kind_of(primary);
         let primary_ns = meta(primary, "namespace");
         let primary_name = meta(primary, "name").unwrap_or_default();
@@ -220,16 +257,21 @@ impl Applier {
                     continue;
                 }
                 Mutation::Apply(obj) => {
-                    let r = self.server_side_apply(plugin, primary, snapshot, obj).await;
+                    let r = self
+                        .server_side_apply(plugin, primary, &snapshot, obj)
+                        .await;
                     if let Ok(w) = &r {
                         applied_keys.push((w.kind.clone(), w.namespace.clone(), w.name.clone()));
                     }
                     r
                 }
-                _ => self.write(m, primary_ns, snapshot).await,
+                _ => self.write(m, scope, &snapshot).await,
             };
             match result {
-                Ok(w) => applied.written.push(w),
+                Ok(w) => {
+                    snapshot.record(&w);
+                    applied.written.push(w);
+                }
                 Err(e) => {
                     applied.stopped = Some(e);
                     return applied;
@@ -254,7 +296,7 @@ impl Applier {
                     resource_version: None,
                 };
                 match self
-                    .write(&Mutation::Delete(target), primary_ns, snapshot)
+                    .write(&Mutation::Delete(target), scope, &snapshot)
                     .await
                 {
                     Ok(w) => applied.written.push(w),
@@ -270,8 +312,11 @@ impl Applier {
         {
             let mut obj = primary.clone();
             obj["status"] = new_status;
+            if let Some((rv, _)) = snapshot.get(&primary_kind, primary_ns, primary_name) {
+                obj["metadata"]["resourceVersion"] = json!(rv);
+            }
             match self
-                .write(&Mutation::UpdateStatus(obj), primary_ns, snapshot)
+                .write(&Mutation::UpdateStatus(obj), scope, &snapshot)
                 .await
             {
                 Ok(w) => applied.written.push(w),
@@ -281,18 +326,37 @@ impl Applier {
         applied
     }
 
-    async fn api(
+    /// Where a `verb` of the object `kind` `name`, naming `namespace` (or none), goes for
+    /// a primary of `scope`: the API, the namespace after defaulting (`None` for
+    /// cluster-scoped kinds) and the object described for errors.
+    async fn locate(
         &self,
+        verb: &'static str,
         kind: &Gvk,
         namespace: Option<&str>,
-    ) -> Result<(Api<DynamicObject>, bool), Error> {
+        name: &str,
+        scope: Scope<'_>,
+    ) -> Result<(Api<DynamicObject>, Option<String>, String), Error> {
         let r = self.kinds.resolve(kind).await.map_err(Box::new)?;
         let client = self.kinds.client().clone();
-        Ok(match (r.namespaced, namespace) {
-            (true, Some(ns)) => (Api::namespaced_with(client, ns, &r.resource), true),
-            (true, None) => (Api::default_namespaced_with(client, &r.resource), true),
-            (false, _) => (Api::all_with(client, &r.resource), false),
-        })
+        let ns = if r.namespaced {
+            namespace.or(scope.namespace())
+        } else {
+            None
+        };
+        let what = describe(kind, ns, name);
+        if !scope.admits(r.namespaced, ns) {
+            return Err(Error::OutOfScope {
+                verb,
+                what,
+                scope: scope.to_string(),
+            });
+        }
+        let api = match ns {
+            Some(ns) => Api::namespaced_with(client, ns, &r.resource),
+            None => Api::all_with(client, &r.resource),
+        };
+        Ok((api, ns.map(str::to_owned), what))
     }
 
     async fn server_side_apply(
@@ -304,14 +368,15 @@ impl Applier {
     ) -> Result<Written, Error> {
         let kind = kind_of(obj);
         let name = meta(obj, "name").unwrap_or_default().to_owned();
-        let primary_ns = meta(primary, "namespace");
-        let ns = meta(obj, "namespace").or(primary_ns);
-        let (api, namespaced) = self.api(&kind, ns).await?;
-        let ns = if namespaced {
-            ns.map(str::to_owned)
-        } else {
-            None
-        };
+        let (api, ns, what) = self
+            .locate(
+                "apply",
+                &kind,
+                meta(obj, "namespace"),
+                &name,
+                Scope::of(primary),
+            )
+            .await?;
         let mut desired = obj.clone();
         if let Some(ns) = &ns {
             desired["metadata"]["namespace"] = json!(ns);
@@ -320,7 +385,6 @@ impl Applier {
         if let Some((rv, _)) = snapshot.get(&kind, ns.as_deref(), &name) {
             desired["metadata"]["resourceVersion"] = json!(rv);
         }
-        let what = describe(&kind, ns.as_deref(), &name);
         let params = PatchParams::apply(&field_manager(plugin)).force();
         let out = api
             .patch(&name, &params, &Patch::Apply(&desired))
@@ -332,7 +396,7 @@ impl Applier {
     async fn write(
         &self,
         m: &Mutation,
-        primary_ns: Option<&str>,
+        scope: Scope<'_>,
         snapshot: &Snapshot,
     ) -> Result<Written, Error> {
         let verb = m.verb();
@@ -349,14 +413,9 @@ impl Applier {
                 (target.gvk(), target.namespace.clone(), target.name.clone())
             }
         };
-        let ns_hint = ns.as_deref().or(primary_ns);
-        let (api, namespaced) = self.api(&kind, ns_hint).await?;
-        let ns = if namespaced {
-            ns_hint.map(str::to_owned)
-        } else {
-            None
-        };
-        let what = describe(&kind, ns.as_deref(), &name);
+        let (api, ns, what) = self
+            .locate(verb, &kind, ns.as_deref(), &name, scope)
+            .await?;
         let seen = snapshot.get(&kind, ns.as_deref(), &name);
         let explicit_rv = match m {
             Mutation::MergePatch { target, .. } | Mutation::Delete(target) => {
@@ -472,6 +531,51 @@ fn describe(kind: &Gvk, ns: Option<&str>, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deployment_written(rv: Option<&str>) -> Written {
+        Written {
+            kind: Gvk::new("apps", "v1", "Deployment"),
+            namespace: Some("a".into()),
+            name: "w".into(),
+            resource_version: rv.map(str::to_owned),
+            verb: "apply",
+        }
+    }
+
+    #[test]
+    fn a_later_write_of_an_object_this_output_wrote_carries_the_returned_version() {
+        // The plugin applied fields of its own primary (rv 7 → 8); the status write that
+        // follows must not conflict with that write.
+        let primary = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "w", "namespace": "a", "resourceVersion": "7", "uid": "u"}});
+        let mut s = Snapshot::new([&primary]);
+        let d = Gvk::new("apps", "v1", "Deployment");
+        s.record(&deployment_written(Some("8")));
+        assert_eq!(s.get(&d, Some("a"), "w"), Some(("8", "u")), "the uid stays");
+        s.record(&deployment_written(None));
+        assert_eq!(
+            s.get(&d, Some("a"), "w"),
+            Some(("8", "u")),
+            "a completed delete changes nothing"
+        );
+        let created = Written {
+            name: "new".into(),
+            ..deployment_written(Some("9"))
+        };
+        s.record(&created);
+        assert_eq!(s.get(&d, Some("a"), "new"), Some(("9", "")));
+    }
+
+    #[test]
+    fn scope_errors_have_their_own_metric_label() {
+        let e = Error::OutOfScope {
+            verb: "apply",
+            what: "Deployment default/w".into(),
+            scope: Scope::Cluster.to_string(),
+        };
+        assert_eq!(e.metric_label(), "out_of_scope");
+        assert!(e.to_string().contains("cluster-scoped objects only"), "{e}");
+    }
 
     #[test]
     fn the_snapshot_finds_what_the_plugin_saw_by_kind_namespace_and_name() {

@@ -1,10 +1,14 @@
 //! The `rekon` command line. `main.rs` only parses and dispatches to these functions.
 
 mod check;
+mod new;
+mod rbac;
 mod run;
 mod test;
 
 pub use check::check;
+pub use new::{NewArgs, new};
+pub use rbac::{RbacArgs, rbac};
 pub use run::{RunArgs, run};
 pub use test::test;
 
@@ -44,8 +48,14 @@ pub enum Command {
         #[arg(long, env = "REKON_ARTIFACT_DIR")]
         artifact_dir: Option<PathBuf>,
     },
+    /// Create a plugin crate that builds, tests and runs as is: Cargo.toml, src/lib.rs,
+    /// src/tests.rs, cases/, crd.yaml and a README.
+    New(NewArgs),
     /// Run the controllers of every plugin in a directory against a cluster, until SIGTERM.
     Run(RunArgs),
+    /// Print the ClusterRole and ClusterRoleBinding a host running the plugins of a
+    /// directory needs: exactly what they declared plus the host's own needs.
+    Rbac(RbacArgs),
     /// Run a compiled plugin in the real sandbox against fixture cases (YAML files) and
     /// report each case; exits non-zero if any fails.
     Test {

@@ -1,22 +1,41 @@
-//! `rekon run --plugins DIR`.
+//! `rekon run --plugins DIR`: the operator process.
+//!
+//! 1. Serves `/metrics`, `/healthz` and `/readyz` (when `--http-addr` is given).
+//! 2. With `--leader-elect`, waits to hold the Lease; a standby reports ready (it can take
+//!    over) but reconciles nothing.
+//! 3. Follows the plugin directory: plugins start, are swapped and stop as their files
+//!    come, change and go ([`crate::operator::plugins`]). `/readyz` turns ready once every
+//!    plugin file was acted on and the stores synced.
+//! 4. On SIGTERM or Ctrl-C: stops taking work, lets in-flight reconciles finish (at most
+//!    `--grace`), releases the Lease, exits 0. A leader that lost its Lease exits 1 so
+//!    that its restart starts clean.
 
+use crate::apply::events::Recorder;
 use crate::controller::{self, Host};
+use crate::operator::config::parse_duration;
+use crate::operator::leader::{Elector, Timing};
+use crate::operator::{self, Follow, PluginSet, Reporter};
 use crate::plugin::{Artifacts, Loader};
 use crate::sandbox::{self, Sandbox};
+use crate::serve::{self, Endpoints, Readiness};
 use clap::Args;
+use serde_json::json;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// Arguments of `rekon run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Directory of plugin components (*.wasm).
+    /// Directory of plugin components (*.wasm), each optionally with a NAME.yaml config;
+    /// followed while running.
     #[arg(long, env = "REKON_PLUGINS")]
     pub plugins: PathBuf,
     /// Kubeconfig file; in-cluster config or the default kubeconfig when absent.
     #[arg(long, env = "REKON_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Directory of compiled plugin artifacts.
+    /// Directory of compiled plugin artifacts (a restart does not recompile).
     #[arg(long, env = "REKON_ARTIFACT_DIR")]
     pub artifact_dir: Option<PathBuf>,
     /// Resync period for every plugin, overriding what plugins declare (e.g. `30s`).
@@ -31,20 +50,31 @@ pub struct RunArgs {
     /// How long in-flight reconciles may take to finish on SIGTERM.
     #[arg(long, env = "REKON_GRACE", value_parser = parse_duration, default_value = "20s")]
     pub grace: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 250ms"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    })
+    /// Address for /metrics, /healthz and /readyz (e.g. `0.0.0.0:8080`); none when absent.
+    #[arg(long, env = "REKON_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Reconcile only while holding a Lease, so that replicas can stand by.
+    #[arg(long, env = "REKON_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (and of the host's own Events).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "REKON_LEASE_NAME", default_value = "rekon")]
+    pub lease_name: String,
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// How long the leader tries to renew before giving up leadership.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub renew_deadline: Duration,
+    /// How often candidates retry and the leader renews.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub retry_period: Duration,
+    /// This instance's identity in the Lease and in Events (default: the pod or host name
+    /// and the process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 /// A kube client from `kubeconfig`, or inferred (in-cluster, then `~/.kube/config`).
@@ -64,13 +94,21 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Loads every plugin in the directory (refusing broken ones, which are logged) and runs
-/// their controllers until SIGTERM or Ctrl-C.
+/// Runs the operator until SIGTERM or Ctrl-C (exit 0) or until leadership is lost
+/// (exit 1).
 ///
 /// # Errors
-/// The cluster is unreachable, or the directory cannot be read.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// The cluster is unreachable, the plugin directory cannot be read, or the HTTP address
+/// cannot be bound.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.plugins.is_dir() {
+        anyhow::bail!("plugin directory {} does not exist", args.plugins.display());
+    }
     let client = client(args.kubeconfig.as_deref()).await?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rekon".into());
+        format!("{host}-{}", std::process::id())
+    });
     let sandbox = Sandbox::new(sandbox::Config::default())?;
     let artifacts = args
         .artifact_dir
@@ -79,39 +117,145 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     let loader = Loader::new(sandbox.clone(), artifacts, sandbox::Limits::default());
     let host = Host::new(
-        client,
+        client.clone(),
         controller::Config {
             resync_override: args.resync,
             max_concurrent_reconciles: args.concurrency,
             namespace: args.namespace.clone(),
             sandbox_slots: sandbox.config().pool_instances as usize,
-            instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "rekon".into()),
+            instance: identity.clone(),
             ..Default::default()
         },
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.plugins)
-        .map_err(|e| anyhow::anyhow!("reading plugin directory {}: {e}", args.plugins.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    files.sort();
-    for file in files {
-        let loaded = match tokio::task::block_in_place(|| loader.load_file(&file)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "plugin refused");
-                continue;
-            }
-        };
-        tracing::info!(plugin = %loaded.name(), file = %file.display(), origin = ?loaded.origin, "plugin loaded");
-        if let Err(e) = host.start(loaded).await {
-            tracing::error!(error = %e, "plugin not started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
+    };
+
+    let readiness = Readiness::default();
+    let endpoints = Endpoints::new(host.metrics().clone(), readiness.clone());
+    if let Some(addr) = args.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr} for /metrics and probes: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(serve::serve(listener, endpoints, stopped()));
     }
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+
+    let mut elector = args.leader_elect.then(|| {
+        Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Timing {
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry: args.retry_period,
+            },
+        )
+    });
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(e) = elector.as_mut() {
+        // A standby is ready: it can take over. It reconciles nothing.
+        readiness.set(true);
+        tokio::select! {
+            () = e.acquire() => {}
+            () = stopped() => {
+                tracing::info!("stopped while standing by");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        readiness.set(false);
+        let mut holder = Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Timing {
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry: args.retry_period,
+            },
+        );
+        tokio::spawn(async move {
+            holder.hold().await;
+            let _ = lost_tx.send(());
+        });
+    } else {
+        drop(lost_tx);
+    }
+
+    let regarding = match (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
+        (Ok(name), Ok(namespace)) => json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace },
+        }),
+        _ => json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": args.lease_name, "namespace": args.lease_namespace },
+        }),
+    };
+    let reporter = Reporter {
+        recorder: Recorder::new(client.clone(), &identity),
+        regarding,
+    };
+    let mut set = PluginSet::new(host.clone(), loader, args.plugins.clone(), Some(reporter));
+    let leadership_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost = {
+        let flag = leadership_lost.clone();
+        let mut rx = lost_rx;
+        async move {
+            if (&mut rx).await.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let stop = {
+        let stopped = stopped();
+        async move {
+            tokio::select! {
+                () = stopped => {}
+                () = lost => {}
+            }
+        }
+    };
+    let ready_host = host.clone();
+    let ready = readiness.clone();
+    operator::follow(&mut set, &Follow::default(), stop, move |settled| {
+        if settled && !ready.is_ready() && ready_host.all_synced() {
+            tracing::info!(plugins = ?ready_host.plugins(), "ready: plugins loaded, stores synced");
+            ready.set(true);
+        }
+    })
+    .await;
+
+    readiness.set(false);
+    let lost = leadership_lost.load(std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(grace = ?args.grace, "stopping controllers");
     host.shutdown(args.grace).await;
-    Ok(())
+    if lost {
+        tracing::error!("exiting: leadership lost");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(e) = elector.as_mut()
+        && let Err(err) = e.release().await
+    {
+        tracing::warn!(error = %err, "could not release the lease; a standby takes over when it expires");
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -6,22 +6,28 @@
 //!   concurrency, backoff, live events before resync (invariants 1 and 2).
 //! - [`mapping`]: watched-object events → primary keys.
 //! - [`Reconciler`]: one plugin's loop, from key to applied output.
-//! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots.
+//! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots, and
+//!   the process's [`Metrics`].
 
+mod access;
 pub mod mapping;
+mod options;
 pub mod queue;
 mod reconciler;
 pub mod store;
 
+pub use access::Missing;
+pub use options::PluginOptions;
 pub use reconciler::Reconciler;
 
 use crate::apply::Applier;
 use crate::apply::events::Recorder;
 use crate::kinds::Kinds;
+use crate::metrics::{Metrics, Scrape};
 use crate::plugin::Loaded;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -59,7 +65,8 @@ impl Default for Config {
     }
 }
 
-/// Counters of one plugin's controller.
+/// Counters of one plugin's controller. They are the single record of these numbers: the
+/// [`Metrics`] read them at scrape time.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Plugin calls (reconcile or finalize).
@@ -118,6 +125,26 @@ pub enum Error {
     /// A plugin with that name already runs.
     #[error("plugin {0} is already running")]
     Duplicate(String),
+    /// The host's identity lacks permissions the plugin's declaration needs.
+    #[error(
+        "plugin {plugin}: forbidden: the host may not {}; grant them (`rekon rbac` prints the rules)",
+        missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Forbidden {
+        /// The plugin.
+        plugin: String,
+        /// What is missing.
+        missing: Vec<Missing>,
+    },
+    /// The permission check itself failed.
+    #[error("plugin {plugin}: checking the host's permissions failed: {source}")]
+    AccessReview {
+        /// The plugin.
+        plugin: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -126,6 +153,8 @@ impl Error {
         match self {
             Error::Store { source, .. } => source.metric_label(),
             Error::Duplicate(_) => "duplicate",
+            Error::Forbidden { .. } => "forbidden",
+            Error::AccessReview { .. } => "access_review",
         }
     }
 }
@@ -139,28 +168,77 @@ struct Running {
 #[derive(Clone)]
 pub struct Host {
     shared: reconciler::Shared,
-    running: Arc<Mutex<HashMap<String, Running>>>,
+    kinds: Kinds,
+    running: Arc<RunningMap>,
 }
+
+type RunningMap = Mutex<HashMap<String, Running>>;
 
 impl Host {
     /// A host talking to the API server through `client`.
+    ///
+    /// # Guarantees
+    /// Its [`metrics`](Self::metrics) read the running plugins' queues and counters and
+    /// every store at each scrape.
     pub fn new(client: kube::Client, config: Config) -> Self {
         let kinds = Kinds::new(client.clone());
+        let stores = store::Stores::with_kinds(kinds.clone(), config.namespace.clone());
+        let running: Arc<RunningMap> = Arc::default();
+        let metrics = Arc::new(Metrics::new());
+        // Weak: the running controllers hold the metrics; a strong handle would be a cycle.
+        let source = (Arc::downgrade(&running), stores.clone());
+        metrics.add_source(move |scrape| scrape_host(&source.0, &source.1, scrape));
         Self {
             shared: reconciler::Shared {
-                stores: store::Stores::with_kinds(kinds.clone(), config.namespace.clone()),
-                applier: Applier::new(kinds),
+                stores,
+                applier: Applier::new(kinds.clone()),
                 recorder: Recorder::new(client, &config.instance),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
                 config,
+                metrics,
             },
-            running: Arc::default(),
+            kinds,
+            running,
         }
     }
 
     /// The shared stores (one watch per kind).
     pub fn stores(&self) -> &store::Stores {
         &self.shared.stores
+    }
+
+    /// The process's metrics: reconciles are recorded there, and each scrape reads the
+    /// running controllers and the stores. Serve them with [`crate::serve`]; count plugin
+    /// loads with [`Metrics::plugin_loaded`] and [`Metrics::plugin_refused`].
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Whether every store of every running plugin has completed its first list (`true`
+    /// when no plugin runs).
+    pub fn all_synced(&self) -> bool {
+        self.reconcilers().iter().all(|r| r.is_synced())
+    }
+
+    /// Resolves once every store of the plugins running when called has completed its
+    /// first list; then the host is ready to serve (see [`crate::serve::Readiness`]).
+    ///
+    /// # Caveats
+    /// Never resolves while a watch cannot list (a missing permission, an unreachable API
+    /// server): race it against shutdown.
+    pub async fn synced(&self) {
+        for reconciler in self.reconcilers() {
+            reconciler.synced().await;
+        }
+    }
+
+    fn reconcilers(&self) -> Vec<Arc<Reconciler>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|r| r.reconciler.clone())
+            .collect()
     }
 
     /// Starts a controller for `plugin`: watches its kinds (reusing existing watches) and
@@ -170,6 +248,20 @@ impl Host {
     /// [`Error::Store`] if a declared kind cannot be watched (e.g. its CRD is missing),
     /// [`Error::Duplicate`] if a plugin of that name runs already.
     pub async fn start(&self, plugin: Loaded) -> Result<Arc<Reconciler>, Error> {
+        self.start_with(plugin, PluginOptions::default()).await
+    }
+
+    /// [`Host::start`] with per-plugin options. First checks, through access reviews,
+    /// that the host may do everything the plugin declared.
+    ///
+    /// # Errors
+    /// As [`Host::start`], and [`Error::Forbidden`] naming each missing permission. The
+    /// caller counts errors with [`Metrics::plugin_start_failed`].
+    pub async fn start_with(
+        &self,
+        plugin: Loaded,
+        options: PluginOptions,
+    ) -> Result<Arc<Reconciler>, Error> {
         let name = plugin.name().to_owned();
         if self
             .running
@@ -184,6 +276,19 @@ impl Host {
             source,
         };
         let meta = plugin.metadata.clone();
+        let namespace = self.shared.config.namespace.as_deref();
+        let missing = access::missing(&self.kinds, &meta, namespace)
+            .await
+            .map_err(|source| Error::AccessReview {
+                plugin: name.clone(),
+                source,
+            })?;
+        if !missing.is_empty() {
+            return Err(Error::Forbidden {
+                plugin: name,
+                missing,
+            });
+        }
         let primary = self
             .shared
             .stores
@@ -205,6 +310,7 @@ impl Host {
             primary,
             watched,
             self.shared.clone(),
+            options,
         ));
         let mut tasks = JoinSet::new();
         reconciler.spawn(&mut tasks);
@@ -271,4 +377,17 @@ impl Host {
         }
         self.shared.stores.shutdown().await;
     }
+}
+
+/// The host's part of a scrape: the running controllers and every store.
+fn scrape_host(running: &Weak<RunningMap>, stores: &store::Stores, scrape: &mut Scrape) {
+    if let Some(running) = running.upgrade() {
+        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        scrape
+            .plugins
+            .extend(running.values().map(|r| r.reconciler.metrics_state()));
+    }
+    scrape
+        .stores
+        .extend(stores.kinds().iter().filter_map(|k| stores.store(k)));
 }

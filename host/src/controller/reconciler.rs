@@ -13,13 +13,14 @@
 use super::mapping;
 use super::queue::{Lease, Outcome, Priority, Queue};
 use super::store::{Change, KindStore, Stores};
-use super::{Config, Stats};
+use super::{Config, PluginOptions, Stats};
 use crate::apply::events::Recorder;
 use crate::apply::{Applier, Snapshot, Written};
 use crate::contract::{
     Entry, Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
     meta,
 };
+use crate::metrics::{Metrics, PluginState};
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
 use crate::selector::Selector;
@@ -40,6 +41,7 @@ pub(super) struct Shared {
     pub recorder: Recorder,
     pub sandbox_slots: Arc<Semaphore>,
     pub config: Config,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running plugin controller.
@@ -51,7 +53,7 @@ pub struct Reconciler {
     primary: Arc<KindStore>,
     watched: Vec<(KeyMapping, Arc<KindStore>)>,
     shared: Shared,
-    settings: String,
+    options: PluginOptions,
 }
 
 impl Reconciler {
@@ -60,9 +62,12 @@ impl Reconciler {
         primary: Arc<KindStore>,
         watched: Vec<(KeyMapping, Arc<KindStore>)>,
         shared: Shared,
+        options: PluginOptions,
     ) -> Self {
         let queue = Queue::new(super::queue::Config {
-            max_concurrent: shared.config.max_concurrent_reconciles,
+            max_concurrent: options
+                .concurrency
+                .unwrap_or(shared.config.max_concurrent_reconciles),
             ..Default::default()
         });
         Self {
@@ -73,7 +78,7 @@ impl Reconciler {
             primary,
             watched,
             shared,
-            settings: "{}".to_owned(),
+            options,
         }
     }
 
@@ -85,6 +90,42 @@ impl Reconciler {
     /// The work queue.
     pub fn queue(&self) -> &Queue<ObjectKey> {
         &self.queue
+    }
+
+    /// Whether every store this plugin uses (its primary, watched and read kinds) has
+    /// completed its first list.
+    pub fn is_synced(&self) -> bool {
+        self.stores().iter().all(|s| s.is_synced())
+    }
+
+    /// Resolves once every store this plugin uses has completed its first list.
+    ///
+    /// # Caveats
+    /// Never resolves while a watch cannot list (e.g. the host may not list the kind).
+    pub async fn synced(&self) {
+        for store in self.stores() {
+            store.synced().await;
+        }
+    }
+
+    fn stores(&self) -> Vec<Arc<KindStore>> {
+        let reads = self.plugin().metadata.reads.clone();
+        std::iter::once(self.primary.clone())
+            .chain(self.watched.iter().map(|(_, store)| store.clone()))
+            .chain(reads.iter().filter_map(|k| self.shared.stores.store(k)))
+            .collect()
+    }
+
+    /// What the metrics read from this controller at a scrape.
+    pub(super) fn metrics_state(&self) -> PluginState {
+        let plugin = self.plugin();
+        PluginState {
+            name: plugin.name().to_owned(),
+            version: plugin.metadata.version.clone(),
+            digest: plugin.digest.clone(),
+            stats: self.stats.clone(),
+            queue: self.queue.clone(),
+        }
     }
 
     /// The plugin version in use.
@@ -100,8 +141,15 @@ impl Reconciler {
         *self.plugin.write().unwrap_or_else(|e| e.into_inner()) = plugin;
         for o in self.primary.list(None, &Selector::default()) {
             if let Some(key) = key_of(&o) {
-                self.queue.add(key, Priority::Live);
+                self.enqueue(key, Priority::Live);
             }
+        }
+    }
+
+    /// Queues `key` unless the plugin's options exclude its namespace.
+    fn enqueue(&self, key: ObjectKey, priority: Priority) {
+        if self.options.admits(&key) {
+            self.queue.add(key, priority);
         }
     }
 
@@ -109,12 +157,19 @@ impl Reconciler {
     pub(super) fn spawn(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
         let this = self.clone();
         let mut changes = self.primary.subscribe();
+        // Subscribe, then list: a store another plugin already synced sends no events
+        // for what it holds, and a change in between arrives on the channel as well.
+        for o in self.primary.list(None, &Selector::default()) {
+            if let Some(key) = key_of(&o) {
+                self.enqueue(key, Priority::Live);
+            }
+        }
         tasks.spawn(async move {
             while let Some(change) = changes.recv().await {
                 if let Change::Applied(o) | Change::Deleted(o) = change
                     && let Some(key) = key_of(&o)
                 {
-                    this.queue.add(key, Priority::Live);
+                    this.enqueue(key, Priority::Live);
                 }
             }
         });
@@ -133,7 +188,7 @@ impl Reconciler {
                         m => mapping::keys_for(m, &this.primary.gvk().clone(), &o.to_value()),
                     };
                     for key in keys {
-                        this.queue.add(key, Priority::Live);
+                        this.enqueue(key, Priority::Live);
                     }
                 }
             });
@@ -183,7 +238,8 @@ impl Reconciler {
     }
 
     fn resync_period(&self) -> Duration {
-        self.shared.config.resync_override.unwrap_or_else(|| {
+        let configured = self.options.resync.or(self.shared.config.resync_override);
+        configured.unwrap_or_else(|| {
             self.plugin()
                 .metadata
                 .resync_seconds
@@ -199,7 +255,7 @@ impl Reconciler {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             for o in self.primary.list(None, &Selector::default()) {
                 if let Some(key) = key_of(&o) {
-                    self.queue.add(key, Priority::Resync);
+                    self.enqueue(key, Priority::Resync);
                 }
             }
         }
@@ -209,7 +265,11 @@ impl Reconciler {
         let key = lease.key().clone();
         let plugin = self.plugin();
         let span = tracing::info_span!("reconcile", plugin = %plugin.name(), kind = %plugin.metadata.primary.kind, key = %key);
+        let started = tokio::time::Instant::now();
         let outcome = self.reconcile(&plugin, &key).instrument(span).await;
+        self.shared
+            .metrics
+            .reconciled(plugin.name(), outcome, started.elapsed());
         lease.done(outcome);
     }
 
@@ -262,7 +322,7 @@ impl Reconciler {
         let request = Request {
             primary: stored.json_str().to_owned(),
             related: related.iter().map(Value::to_string).collect(),
-            settings: self.settings.clone(),
+            settings: self.options.settings.clone(),
         };
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let cache: Arc<dyn CacheView> = Arc::new(self.shared.stores.clone());

@@ -61,6 +61,20 @@ pub struct Call<T, E = Error> {
     pub logs_dropped: u64,
     /// Wall time of the call, instantiation included.
     pub elapsed: Duration,
+    /// Where that time went.
+    pub phases: Phases,
+}
+
+/// Where the wall time of one [`Call`] went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Creating the store and the instance: the closed WASI context, a pool slot, the
+    /// guest's memory image.
+    pub instantiate: Duration,
+    /// The guest call: copying the request in, running the guest, copying the output out.
+    pub run: Duration,
+    /// Dropping the store and the instance; the pool slot is reset to its pristine image.
+    pub teardown: Duration,
 }
 
 impl<T, E> Call<T, E> {
@@ -71,6 +85,7 @@ impl<T, E> Call<T, E> {
             logs: self.logs,
             logs_dropped: self.logs_dropped,
             elapsed: self.elapsed,
+            phases: self.phases,
         }
     }
 }
@@ -141,24 +156,32 @@ impl PluginPre {
         f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
         let started = Instant::now();
+        let mut phases = Phases::default();
         let state = HostState::new(limits.memory_bytes, limits.log_bytes, clock, scope);
         let mut store = Store::new(self.sandbox.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.sandbox.ticks(limits.time_budget));
-        let result = match self.pre.instantiate(&mut store) {
+        let instantiated = self.pre.instantiate(&mut store);
+        let ran = Instant::now();
+        phases.instantiate = ran - started;
+        let result = match instantiated {
             Ok(bindings) => f(&bindings, &mut store).map_err(|e| classify(e, store.data(), limits)),
             Err(e) => Err(match store.data().limiter.exceeded {
                 Some(_) => classify(e, store.data(), limits),
                 None => Error::Instantiate { source: boxed(e) },
             }),
         };
+        let torn = Instant::now();
+        phases.run = torn - ran;
         let mut state = store.into_data();
+        phases.teardown = torn.elapsed();
         collect_stdio(&mut state);
         Call {
             result,
             logs: state.logs,
             logs_dropped: state.logs_dropped,
             elapsed: started.elapsed(),
+            phases,
         }
     }
 }

@@ -19,7 +19,7 @@ mod imports;
 mod pipe;
 mod state;
 
-pub use call::{Call, LogLine, PluginPre};
+pub use call::{Call, LogLine, Phases, PluginPre};
 pub use convert::{RawMutation, RawOutput};
 pub use state::{CacheView, Clock, HostState, NoCache, Scope};
 
@@ -47,6 +47,13 @@ pub struct Config {
     pub epoch_tick: Duration,
     /// Use the pooling allocator (faster fresh instances) instead of on-demand allocation.
     pub pooling: bool,
+    /// When a pool slot is recycled, reset only the guest pages the call wrote (found with
+    /// Linux's `PAGEMAP_SCAN`, kernel 6.7+; elsewhere this silently falls back) instead of
+    /// `memset`ting the whole [`keep_resident`](Self::keep_resident) prefix. The slot ends
+    /// up byte-for-byte as fresh either way; this only changes how much is rewritten.
+    pub pagemap_scan: bool,
+    /// Write `/tmp/perf-PID.map` so `perf` can name compiled guest functions (profiling).
+    pub perf_map: bool,
 }
 
 impl Default for Config {
@@ -58,6 +65,8 @@ impl Default for Config {
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(5),
             pooling: true,
+            pagemap_scan: true,
+            perf_map: false,
         }
     }
 }
@@ -184,6 +193,9 @@ impl Sandbox {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack);
+        if config.perf_map {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if config.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             let n = config.pool_instances;
@@ -193,7 +205,12 @@ impl Sandbox {
                 .total_tables(n * 8)
                 .max_memory_size(config.memory_ceiling)
                 .linear_memory_keep_resident(config.keep_resident)
-                .table_keep_resident(64 << 10);
+                .table_keep_resident(64 << 10)
+                .pagemap_scan(if config.pagemap_scan {
+                    wasmtime::Enabled::Auto
+                } else {
+                    wasmtime::Enabled::No
+                });
             wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = wasmtime::Engine::new(&wasm).map_err(|e| SetupError::Engine(boxed(e)))?;

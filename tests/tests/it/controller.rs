@@ -19,7 +19,7 @@ use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 fn loader() -> &'static Loader {
     static LOADER: OnceLock<Loader> = OnceLock::new();
@@ -36,7 +36,7 @@ fn plugin(crate_name: &str) -> Loaded {
         .unwrap_or_else(|e| panic!("{crate_name} loads: {e}"))
 }
 
-fn config(ns: &str) -> controller::Config {
+pub(crate) fn config(ns: &str) -> controller::Config {
     controller::Config {
         namespace: Some(ns.to_owned()),
         instance: format!("test-{ns}"),
@@ -44,7 +44,7 @@ fn config(ns: &str) -> controller::Config {
     }
 }
 
-async fn start(
+pub(crate) async fn start(
     client: &kube::Client,
     config: controller::Config,
     names: &[&str],
@@ -66,13 +66,13 @@ fn yaml_docs(path: &str) -> Vec<String> {
         .collect()
 }
 
-async fn install_crds(client: &kube::Client, path: &str) {
+pub(crate) async fn install_crds(client: &kube::Client, path: &str) {
     for doc in yaml_docs(path) {
         install_crd(client, doc).await.expect("CRD installs");
     }
 }
 
-fn dynamic(
+pub(crate) fn dynamic(
     client: &kube::Client,
     ns: &str,
     group: &str,
@@ -96,13 +96,13 @@ fn webapp(name: &str, replicas: i64) -> DynamicObject {
     .unwrap()
 }
 
-fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+pub(crate) fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
     Stats::get(c)
 }
 
 /// Waits until a controller has nothing waiting, delayed or running: later changes are
 /// then handled by whatever the test provokes, not by leftover work.
-async fn idle(r: &Reconciler) {
+pub(crate) async fn idle(r: &Reconciler) {
     wait_until("the controller is idle", WAIT, || async {
         let q = r.queue();
         (q.depth() == 0 && q.delayed() == 0 && q.in_flight() == 0).then_some(())
@@ -111,7 +111,7 @@ async fn idle(r: &Reconciler) {
     .unwrap();
 }
 
-async fn setup(prefix: &str) -> (kube::Client, TestNamespace) {
+pub(crate) async fn setup(prefix: &str) -> (kube::Client, TestNamespace) {
     let cp = ControlPlane::shared().await.expect("control plane");
     let client = cp.client().await.expect("client");
     let ns = TestNamespace::create(&client, prefix)

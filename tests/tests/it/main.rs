@@ -3,7 +3,11 @@
 //! Set `REKON_TEST_LOG` (an `EnvFilter`, e.g. `rekon_host=debug`) to see the host's logs.
 
 mod controller;
+mod deploy;
+mod examples;
+mod operator;
 mod sandbox;
+mod scaffold;
 mod smoke;
 
 /// Installs a log subscriber once when `REKON_TEST_LOG` is set; tests call it first.

@@ -1,0 +1,266 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, as client-go does it.
+//!
+//! - A candidate takes the Lease when it is free (no holder) or expired. Expiry is judged
+//!   by the candidate's own clock from when it last saw the Lease change — not from the
+//!   holder's `renewTime` — so clock skew between machines cannot make two leaders.
+//! - The leader renews every `retry` period; every write carries the `resourceVersion`
+//!   it read, so two candidates racing for a free Lease cannot both win.
+//! - A leader that could not renew for `renew_deadline` considers itself deposed
+//!   ([`Elector::hold`] returns) and must stop reconciling: rekon exits so that a restart
+//!   begins from a clean state, as controller-runtime does.
+//! - On shutdown the leader releases the Lease (clears the holder), so a standby takes
+//!   over at its next retry instead of after a full lease duration.
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use std::time::{Duration, Instant};
+
+/// Election timings.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long a Lease stays valid without renewal.
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up leadership.
+    pub renew_deadline: Duration,
+    /// How often candidates retry and the leader renews.
+    pub retry: Duration,
+}
+
+impl Default for Timing {
+    /// client-go's defaults: 15 s, 10 s, 2 s.
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why an election step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a Lease request.
+    #[error("lease {namespace}/{name}: {source}")]
+    Api {
+        /// The Lease's namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// One candidate for one Lease.
+pub struct Elector {
+    api: Api<Lease>,
+    namespace: String,
+    name: String,
+    identity: String,
+    timing: Timing,
+    /// The Lease as last seen (holder, renew time, version) and when it was first seen so.
+    observed: Option<(Observed, Instant)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    holder: Option<String>,
+    renew: Option<String>,
+    version: Option<String>,
+}
+
+impl Elector {
+    /// A candidate called `identity` (unique per process, e.g. the pod name) for the Lease
+    /// `namespace/name`.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            timing,
+            observed: None,
+        }
+    }
+
+    /// This candidate's identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The Lease as a reference for Events (`None` until it has been read).
+    pub async fn lease(&self) -> Option<Lease> {
+        self.api.get_opt(&self.name).await.ok().flatten()
+    }
+
+    fn err(&self, source: kube::Error) -> Error {
+        Error::Api {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Waits until this candidate holds the Lease. Transient API errors are logged and
+    /// retried.
+    pub async fn acquire(&mut self) {
+        let mut logged_holder = None;
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
+                    return;
+                }
+                Ok(false) => {
+                    let holder = self.observed.as_ref().and_then(|(o, _)| o.holder.clone());
+                    if holder != logged_holder {
+                        tracing::info!(lease = %self.name, holder = ?holder, "standing by: another instance leads");
+                        logged_holder = holder;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election: retrying"),
+            }
+            tokio::time::sleep(self.timing.retry).await;
+        }
+    }
+
+    /// Keeps renewing the Lease; returns when leadership is lost (no successful renewal
+    /// for the renew deadline, or another holder took it).
+    pub async fn hold(&mut self) {
+        let mut last_renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.timing.retry).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::error!(lease = %self.name, "leadership lost: another instance holds the lease");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+            }
+            if last_renewed.elapsed() > self.timing.renew_deadline {
+                tracing::error!(lease = %self.name, deadline = ?self.timing.renew_deadline, "leadership lost: could not renew the lease in time");
+                return;
+            }
+        }
+    }
+
+    /// Gives the Lease up if this candidate holds it.
+    ///
+    /// # Errors
+    /// [`Error::Api`] if the Lease could not be read or written.
+    pub async fn release(&mut self) -> Result<(), Error> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(|e| self.err(e))?;
+        tracing::info!(lease = %self.name, "lease released");
+        Ok(())
+    }
+
+    /// One step: take the Lease if free or expired, renew it if ours. `Ok(true)` when this
+    /// candidate holds it afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Api`] on anything but a lost race (a 409, which is `Ok(false)`).
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, Error> {
+        let duration_secs =
+            i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(self.err(e)),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let seen = Observed {
+            holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
+            renew: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            version: lease.metadata.resource_version.clone(),
+        };
+        let first_seen = match &self.observed {
+            Some((o, at)) if *o == seen => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((seen.clone(), first_seen));
+        let ours = seen.holder.as_deref() == Some(&self.identity);
+        let held_for = spec
+            .lease_duration_seconds
+            .map_or(self.timing.lease_duration, |s| {
+                Duration::from_secs(u64::try_from(s.max(0)).unwrap_or(0))
+            });
+        let expired = seen.holder.is_none() || first_seen.elapsed() > held_for;
+        if !ours && !expired {
+            return Ok(false);
+        }
+        if !ours {
+            spec.acquire_time = Some(now());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.holder_identity = Some(self.identity.clone());
+        }
+        spec.lease_duration_seconds = Some(duration_secs);
+        spec.renew_time = Some(now());
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}

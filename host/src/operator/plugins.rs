@@ -1,0 +1,396 @@
+//! The running plugins follow the plugin directory.
+//!
+//! Each pass ([`PluginSet::sync`]) scans the directory and acts on plugins whose files
+//! have settled (see [`super::dir`]):
+//! - a new `NAME.wasm` is loaded, checked and started;
+//! - a changed one (or a changed `NAME.yaml`) is loaded and checked *first*; only a
+//!   plugin that passes replaces the running version. If its declaration and options are
+//!   unchanged the swap is in place — reconciles already running finish on the old
+//!   version, the next ones use the new — otherwise the old controller is stopped and the
+//!   new one started;
+//! - a file that fails leaves whatever ran before running; the refusal is logged, counted
+//!   and recorded as a Kubernetes Warning Event, once per version of the file;
+//! - a plugin that passed its checks but could not start (its CRD is missing, RBAC
+//!   forbids a kind) is retried every `retry` period and whenever its files change;
+//! - a removed file stops its controller, waiting for in-flight reconciles.
+
+use super::config::PluginConfig;
+use super::dir::{self, Files, Scan};
+use crate::apply::events::Recorder;
+use crate::contract::{Event, EventType, Metadata};
+use crate::controller::{Host, PluginOptions};
+use crate::plugin::Loader;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where refusals are reported as Kubernetes Events.
+#[derive(Clone)]
+pub struct Reporter {
+    /// Records the events.
+    pub recorder: Recorder,
+    /// The object they are about (the host's Pod, or its Lease), as JSON.
+    pub regarding: Value,
+}
+
+/// What happened to one plugin in a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Started for the first time (or again after a failed start).
+    Started {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// A new version replaced the running one.
+    Replaced {
+        /// The plugin's name.
+        plugin: String,
+        /// Whether the controller was restarted (declaration or options changed).
+        restarted: bool,
+    },
+    /// Its file was removed; the controller stopped.
+    Stopped {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// The file or its config was refused; what ran before keeps running.
+    Refused {
+        /// The plugin file's stem.
+        file: String,
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+struct Active {
+    plugin: String,
+    files: Files,
+    digest: String,
+    config: PluginConfig,
+    metadata: Metadata,
+}
+
+struct Failed {
+    files: Files,
+    /// `Some`: the plugin passed its checks but did not start; retried at this time.
+    retry_at: Option<Instant>,
+}
+
+/// The plugins of one directory, kept in step with it.
+pub struct PluginSet {
+    host: Host,
+    loader: Loader,
+    dir: PathBuf,
+    reporter: Option<Reporter>,
+    retry: Duration,
+    previous: Scan,
+    active: BTreeMap<String, Active>,
+    failed: BTreeMap<String, Failed>,
+    orphans_reported: Vec<PathBuf>,
+}
+
+impl PluginSet {
+    /// Plugins of `dir`, run by `host`, loaded by `loader`; refusals also go to
+    /// `reporter` when given.
+    pub fn new(host: Host, loader: Loader, dir: PathBuf, reporter: Option<Reporter>) -> Self {
+        Self {
+            host,
+            loader,
+            dir,
+            reporter,
+            retry: Duration::from_secs(30),
+            previous: Scan::new(),
+            active: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            orphans_reported: Vec::new(),
+        }
+    }
+
+    /// How long a plugin that could not start waits before the next attempt.
+    pub fn with_retry(mut self, retry: Duration) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Whether every plugin file has been acted on: nothing is still settling or waiting
+    /// to retry a start.
+    pub fn is_settled(&self) -> bool {
+        dir::scan(&self.dir).is_ok_and(|now| {
+            now == self.previous
+                && now.keys().all(|stem| {
+                    self.active.contains_key(stem)
+                        || self.failed.get(stem).is_some_and(|f| f.retry_at.is_none())
+                })
+        })
+    }
+
+    /// One pass over the directory. Returns what changed and whether some file has not
+    /// settled yet (the caller should pass again soon).
+    ///
+    /// # Errors
+    /// The directory cannot be read (running plugins are left alone).
+    pub async fn sync(&mut self) -> std::io::Result<(Vec<Change>, bool)> {
+        let current = dir::scan(&self.dir)?;
+        let settled: BTreeMap<String, Files> = dir::settled(&self.previous, &current)
+            .into_iter()
+            .map(|(s, f)| (s.to_owned(), f.clone()))
+            .collect();
+        let unsettled = settled.len() < current.len();
+        self.previous = current;
+        let mut changes = Vec::new();
+
+        let orphans = dir::orphan_configs(&self.dir, &self.previous);
+        for path in &orphans {
+            if !self.orphans_reported.contains(path) {
+                tracing::warn!(file = %path.display(), "config file without a NAME.wasm beside it; ignored");
+            }
+        }
+        self.orphans_reported = orphans;
+
+        let gone: Vec<String> = self
+            .active
+            .keys()
+            .filter(|stem| !self.previous.contains_key(*stem))
+            .cloned()
+            .collect();
+        for stem in gone {
+            if let Some(a) = self.active.remove(&stem) {
+                tracing::info!(plugin = %a.plugin, file = %a.files.wasm.display(), "plugin file removed; stopping its controller");
+                self.host.stop(&a.plugin).await;
+                changes.push(Change::Stopped { plugin: a.plugin });
+            }
+        }
+        self.failed
+            .retain(|stem, _| self.previous.contains_key(stem));
+
+        for (stem, files) in settled {
+            if self.active.get(&stem).is_some_and(|a| a.files == files) {
+                continue;
+            }
+            if let Some(f) = self.failed.get(&stem)
+                && f.files == files
+                && f.retry_at.is_none_or(|at| Instant::now() < at)
+            {
+                continue;
+            }
+            if let Some(change) = self.apply(&stem, files).await {
+                changes.push(change);
+            }
+        }
+        Ok((changes, unsettled))
+    }
+
+    /// Loads `files` and starts or swaps the plugin. `None` when nothing changed.
+    async fn apply(&mut self, stem: &str, files: Files) -> Option<Change> {
+        let config = match &files.config {
+            Some((path, _)) => match PluginConfig::read(path) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.host.metrics().plugin_refused_because("config");
+                    return Some(self.refuse(stem, files, e.to_string(), None).await);
+                }
+            },
+            None => PluginConfig::default(),
+        };
+        let bytes = match std::fs::read(&files.wasm) {
+            Ok(b) => b,
+            Err(e) => {
+                self.host.metrics().plugin_refused_because("read");
+                let reason = format!("cannot read {}: {e}", files.wasm.display());
+                return Some(self.refuse(stem, files, reason, None).await);
+            }
+        };
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(a) = self.active.get_mut(stem)
+            && a.digest == digest
+            && a.config == config
+        {
+            a.files = files; // touched, not changed
+            return None;
+        }
+        let loader = self.loader.clone();
+        let loaded = tokio::task::spawn_blocking(move || loader.load_bytes(&bytes)).await;
+        let mut loaded = match loaded {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                self.host.metrics().plugin_refused(&e);
+                let reason = format!("{}: {e}", files.wasm.display());
+                return Some(self.refuse(stem, files, reason, None).await);
+            }
+            Err(e) => {
+                self.host.metrics().plugin_refused_because("panic");
+                let reason = format!("{}: loading panicked: {e}", files.wasm.display());
+                return Some(self.refuse(stem, files, reason, None).await);
+            }
+        };
+        self.host.metrics().plugin_loaded(loaded.origin);
+        loaded.source = Some(files.wasm.clone());
+        loaded.limits = config.limits(&loaded.limits);
+        let plugin = loaded.name().to_owned();
+        let metadata = (*loaded.metadata).clone();
+        let options = PluginOptions {
+            namespaces: config.namespaces.clone(),
+            resync: config.resync,
+            concurrency: config.concurrency,
+            settings: config.settings_json(),
+        };
+
+        if let Some(running) = self.active.get(stem) {
+            let same_shape = running.plugin == plugin
+                && same_declaration(&running.metadata, &metadata)
+                && running.config == config;
+            if same_shape && let Some(r) = self.host.get(&plugin) {
+                r.replace_plugin(loaded);
+                tracing::info!(%plugin, version = %metadata.version, digest = %&digest[..12], "plugin replaced in place");
+                self.report(
+                    stem,
+                    EventType::Normal,
+                    "PluginReplaced",
+                    format!("{plugin} {} ({})", metadata.version, &digest[..12]),
+                )
+                .await;
+                self.active.insert(
+                    stem.to_owned(),
+                    Active {
+                        plugin: plugin.clone(),
+                        files,
+                        digest,
+                        config,
+                        metadata,
+                    },
+                );
+                return Some(Change::Replaced {
+                    plugin,
+                    restarted: false,
+                });
+            }
+            let old = self.active.remove(stem).expect("checked above");
+            tracing::info!(plugin = %old.plugin, "declaration or options changed; restarting the controller");
+            self.host.stop(&old.plugin).await;
+            return match self.host.start_with(loaded, options).await {
+                Ok(_) => {
+                    self.report(
+                        stem,
+                        EventType::Normal,
+                        "PluginReplaced",
+                        format!(
+                            "{plugin} {} ({}), controller restarted",
+                            metadata.version,
+                            &digest[..12]
+                        ),
+                    )
+                    .await;
+                    self.active.insert(
+                        stem.to_owned(),
+                        Active {
+                            plugin: plugin.clone(),
+                            files,
+                            digest,
+                            config,
+                            metadata,
+                        },
+                    );
+                    self.failed.remove(stem);
+                    Some(Change::Replaced {
+                        plugin,
+                        restarted: true,
+                    })
+                }
+                Err(e) => {
+                    self.host.metrics().plugin_start_failed(&e);
+                    let reason = format!("{}: {e}", files.wasm.display());
+                    Some(
+                        self.refuse(stem, files, reason, Some(Instant::now() + self.retry))
+                            .await,
+                    )
+                }
+            };
+        }
+
+        match self.host.start_with(loaded, options).await {
+            Ok(_) => {
+                tracing::info!(%plugin, version = %metadata.version, file = %files.wasm.display(), "plugin started");
+                self.report(
+                    stem,
+                    EventType::Normal,
+                    "PluginStarted",
+                    format!("{plugin} {} ({})", metadata.version, &digest[..12]),
+                )
+                .await;
+                self.active.insert(
+                    stem.to_owned(),
+                    Active {
+                        plugin: plugin.clone(),
+                        files,
+                        digest,
+                        config,
+                        metadata,
+                    },
+                );
+                self.failed.remove(stem);
+                Some(Change::Started { plugin })
+            }
+            Err(e) => {
+                self.host.metrics().plugin_start_failed(&e);
+                let reason = format!("{}: {e}", files.wasm.display());
+                Some(
+                    self.refuse(stem, files, reason, Some(Instant::now() + self.retry))
+                        .await,
+                )
+            }
+        }
+    }
+
+    async fn refuse(
+        &mut self,
+        stem: &str,
+        files: Files,
+        reason: String,
+        retry_at: Option<Instant>,
+    ) -> Change {
+        let kept = self.active.get(stem).map(|a| a.plugin.clone());
+        tracing::error!(file = %files.wasm.display(), kept_running = ?kept, reason = %reason, "plugin refused");
+        let note = match &kept {
+            Some(p) => format!("{reason} (the running version of {p} is kept)"),
+            None => reason.clone(),
+        };
+        self.report(stem, EventType::Warning, "PluginRefused", note)
+            .await;
+        self.failed
+            .insert(stem.to_owned(), Failed { files, retry_at });
+        Change::Refused {
+            file: stem.to_owned(),
+            reason,
+        }
+    }
+
+    async fn report(&self, stem: &str, event_type: EventType, reason: &str, note: String) {
+        let Some(r) = &self.reporter else { return };
+        let event = Event {
+            event_type,
+            reason: reason.to_owned(),
+            note,
+        };
+        if let Err(e) = r.recorder.record(stem, &r.regarding, &event).await {
+            tracing::warn!(error = %e, reason, "could not record the event");
+        }
+    }
+}
+
+/// Whether two declarations watch and write the same things (the version may differ).
+fn same_declaration(a: &Metadata, b: &Metadata) -> bool {
+    Metadata {
+        version: String::new(),
+        ..a.clone()
+    } == Metadata {
+        version: String::new(),
+        ..b.clone()
+    }
+}

@@ -1,0 +1,56 @@
+//! A rekon test plugin for hot reload and leader election: every ConfigMap labelled
+//! `rekon.dev/stamp=true` gets an owned ConfigMap `<name>-stamp` whose `data.version` is
+//! the plugin's crate version and `data.settings` the settings it was given.
+//!
+//! `data.delay-ms` makes the reconcile busy-wait that long (by the host clock), so a
+//! test can stop the host while reconciles are in flight.
+//!
+//! Two crates build this source: `stamp-plugin` (the workspace version) and
+//! `stamp-next-plugin` (0.2.0). Both are named `stamp`, so one can replace the other in a
+//! plugin directory and the children show which version reconciled them.
+
+use rekon_sdk::k8s_openapi::api::core::v1::ConfigMap;
+use rekon_sdk::{Error, Metadata, Output, Plugin, Request};
+use std::collections::BTreeMap;
+
+/// The label that opts a ConfigMap in.
+pub const LABEL: &str = "rekon.dev/stamp";
+
+/// The plugin.
+pub struct Stamp;
+
+impl Plugin for Stamp {
+    fn metadata() -> Metadata {
+        Metadata::new::<ConfigMap>("stamp", env!("CARGO_PKG_VERSION")).owns::<ConfigMap>()
+    }
+
+    fn reconcile(req: Request) -> Result<Output, Error> {
+        let source: ConfigMap = req.primary()?;
+        let labels = source.metadata.labels.unwrap_or_default();
+        if labels.get(LABEL).map(String::as_str) != Some("true") {
+            return Ok(Output::new());
+        }
+        if let Some(ms) = source
+            .data
+            .as_ref()
+            .and_then(|d| d.get("delay-ms"))
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            let start = rekon_sdk::clock::now();
+            while rekon_sdk::clock::now() - start < ms {}
+        }
+        let settings: rekon_sdk::serde_json::Value = req.settings()?;
+        let data = BTreeMap::from([
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("settings".to_owned(), settings.to_string()),
+        ]);
+        let stamp = ConfigMap {
+            metadata: req.child_meta(format!("{}-stamp", req.name())),
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        Ok(Output::new().apply(&stamp))
+    }
+}
+
+rekon_sdk::export_plugin!(Stamp);
