@@ -310,7 +310,6 @@ impl Rekon {
             ))
             .arg(format!("--namespace={ns}"))
             .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .arg("--leader-elect")
             .arg(format!("--lease-namespace={ns}"))
             .args([
                 "--lease-duration=3s",
@@ -422,19 +421,20 @@ async fn two_processes_one_leader_and_the_standby_takes_over_after_a_kill() {
     let api: Api<ConfigMap> = ns.api();
     let kc = kubeconfig().await;
 
-    let mut a = Rekon::start(&kc, dir.path(), ns.name(), "rekon-a", &[]);
+    let mut a = Rekon::start(&kc, dir.path(), ns.name(), "rekon-a", &["--leader-elect"]);
     wait_until("rekon-a leads", WAIT, || async {
         (lease_holder(&client, ns.name()).await.as_deref() == Some("rekon-a")).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
-    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &[]);
+    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
     wait_until("both answer /readyz 200", WAIT, || async {
         (a.get("/readyz")?.0 == 200 && b.get("/readyz")?.0 == 200).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\nA:\n{}\nB:\n{}", a.log(), b.log()));
 
+    let before = a.reconciles();
     for i in 0..10 {
         api.create(&PostParams::default(), &stamped(&format!("p{i}")))
             .await
@@ -445,10 +445,11 @@ async fn two_processes_one_leader_and_the_standby_takes_over_after_a_kill() {
     })
     .await
     .unwrap();
+    let after = a.reconciles();
+    println!("leader's reconcile_total{{result=\"success\"}}: {before} before, {after} after");
     assert!(
-        a.reconciles() >= 10.0,
-        "the leader reconciled: {}",
-        a.reconciles()
+        after >= before + 10.0,
+        "the counter moved: {before} → {after}"
     );
     assert_eq!(b.reconciles(), 0.0, "the standby reconciled nothing");
     assert_eq!(
@@ -492,7 +493,13 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
     let api: Api<ConfigMap> = ns.api();
     let kc = kubeconfig().await;
 
-    let a = Rekon::start(&kc, dir.path(), ns.name(), "rekon-a", &["--grace=3s"]);
+    let a = Rekon::start(
+        &kc,
+        dir.path(),
+        ns.name(),
+        "rekon-a",
+        &["--leader-elect", "--grace=3s"],
+    );
     wait_until("rekon-a is ready", WAIT, || async {
         (a.get("/readyz")?.0 == 200 && lease_holder(&client, ns.name()).await.is_some())
             .then_some(())
@@ -546,7 +553,7 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
         .count();
     println!("children when the first leader exited: {done} of 50");
 
-    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &[]);
+    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
     wait_until("the next leader converges all 50", WAIT, || async {
         children_converged(&api, 50, version).await.then_some(())
     })
@@ -558,4 +565,40 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
         .1;
     assert!(metrics.contains("workqueue_adds_total"), "{metrics}");
     assert!(metrics.contains("rekon_cache_objects"), "{metrics}");
+}
+
+#[tokio::test]
+async fn readyz_turns_ready_once_the_plugins_run_and_their_stores_synced() {
+    let (_client, ns) = setup("ready").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::path("stamp-plugin"), dir.path().join("stamp.wasm")).unwrap();
+    let kc = kubeconfig().await;
+    let r = Rekon::start(&kc, dir.path(), ns.name(), "rekon-ready", &[]);
+    // The first answer comes before the plugin directory has settled (≥ 300 ms).
+    let first = wait_until("/readyz answers", WAIT, || async { r.get("/readyz") })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
+    assert_eq!(first.0, 503, "not ready before the plugins load: {first:?}");
+    assert_eq!(
+        r.get("/healthz").map(|(s, _)| s),
+        Some(200),
+        "alive meanwhile"
+    );
+    wait_until("/readyz turns 200", WAIT, || async {
+        (r.get("/readyz")?.0 == 200).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
+    let log = r.log();
+    let started = log.find("plugin started").expect("the plugin started");
+    let ready = log.find("ready: plugins loaded").expect("readiness logged");
+    assert!(
+        started < ready,
+        "ready only after the plugin started\n{log}"
+    );
+    let metrics = r.get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("rekon_cache_synced{kind=\"v1 ConfigMap\"} 1"),
+        "{metrics}"
+    );
 }
