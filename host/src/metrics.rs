@@ -415,7 +415,7 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         "Plugin calls without usable output, by reason.",
         faults,
     )?;
-    let per_plugin: [(&str, &str, StatsCounter); 6] = [
+    let per_plugin: [(&str, &str, StatsCounter); 7] = [
         (
             "rekon_apply_writes",
             "Writes the API server accepted.",
@@ -442,6 +442,11 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
             |s| &s.ryw_timeouts,
         ),
         ("rekon_resyncs", "Periodic resync passes.", |s| &s.resyncs),
+        (
+            "rekon_thrash_fights",
+            "Objects found rewritten back and forth with another writer (the primary is held).",
+            |s| &s.thrash_fights,
+        ),
     ];
     for (name, help, pick) in per_plugin {
         counters(

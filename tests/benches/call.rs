@@ -342,7 +342,9 @@ fn main() {
         }
     }
     if !breakdown.is_empty() {
-        println!("\nwhere a `fresh` call's time goes (µs; total as above, phases medians of 201 calls):");
+        println!(
+            "\nwhere a `fresh` call's time goes (µs; total as above, phases medians of 201 calls):"
+        );
         println!(
             "{:>7} {:>7} {:>9} {:>12} {:>9} {:>9} {:>18}",
             "primary", "related", "total", "instantiate", "run", "teardown", "convert + checks"
@@ -364,7 +366,11 @@ fn main() {
 
 /// Median phases over 201 calls, with the median time outside the sandbox (converting
 /// the request, checking the output) as the last figure.
-fn phases(plugin: &Loaded, req: &Request, cache: &Arc<dyn sandbox::CacheView>) -> (Phases, Duration) {
+fn phases(
+    plugin: &Loaded,
+    req: &Request,
+    cache: &Arc<dyn sandbox::CacheView>,
+) -> (Phases, Duration) {
     let calls: Vec<(Phases, Duration, Duration)> = (0..201)
         .map(|_| {
             let began = Instant::now();

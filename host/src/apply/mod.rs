@@ -106,6 +106,14 @@ pub struct Written {
     pub resource_version: Option<String>,
     /// The mutation verb.
     pub verb: &'static str,
+    /// The resourceVersion the write was conditioned on (the object as the plugin saw
+    /// it); `None` when it did not exist or was not seen.
+    pub previous: Option<String>,
+    /// A digest of what the plugin asked for (the object or patch without server-set
+    /// metadata; for status writes, the status): equal digests mean the same intent.
+    pub intent: u64,
+    /// The object's field managers after the write, the latest change first.
+    pub managers: Vec<String>,
 }
 
 /// Why applying stopped.
@@ -386,11 +394,17 @@ impl Applier {
             desired["metadata"]["resourceVersion"] = json!(rv);
         }
         let params = PatchParams::apply(&field_manager(plugin)).force();
+        let previous = snapshot
+            .get(&kind, ns.as_deref(), &name)
+            .map(|(rv, _)| rv.to_owned());
         let out = api
             .patch(&name, &params, &Patch::Apply(&desired))
             .await
             .map_err(|e| Error::from_kube("apply", what, e))?;
-        Ok(written(&kind, ns, name, "apply", Some(out)))
+        let mut w = written(&kind, ns, name, "apply", Some(out));
+        w.previous = previous.filter(|rv| !rv.is_empty());
+        w.intent = intent(obj, false);
+        Ok(w)
     }
 
     async fn write(
@@ -496,7 +510,15 @@ impl Applier {
             }
             Mutation::Apply(_) => unreachable!("apply goes through server_side_apply"),
         };
-        Ok(written(&kind, ns, name, verb, out))
+        let mut w = written(&kind, ns, name, verb, out);
+        w.previous = rv;
+        w.intent = match m {
+            Mutation::Apply(o) | Mutation::Create(o) | Mutation::Update(o) => intent(o, false),
+            Mutation::UpdateStatus(o) => intent(o, true),
+            Mutation::MergePatch { patch, .. } => intent(patch, false),
+            Mutation::Delete(_) => 0,
+        };
+        Ok(w)
     }
 }
 
@@ -507,13 +529,50 @@ fn written(
     verb: &'static str,
     out: Option<DynamicObject>,
 ) -> Written {
+    let (resource_version, managers) = match out {
+        Some(o) => {
+            let mut fields = o.metadata.managed_fields.unwrap_or_default();
+            fields.sort_by(|a, b| b.time.cmp(&a.time));
+            let managers = fields.into_iter().filter_map(|f| f.manager).collect();
+            (o.metadata.resource_version, managers)
+        }
+        None => (None, Vec::new()),
+    };
     Written {
         kind: kind.clone(),
         namespace,
         name,
-        resource_version: out.and_then(|o| o.metadata.resource_version),
+        resource_version,
         verb,
+        previous: None,
+        intent: 0,
+        managers,
     }
+}
+
+/// A digest of a write's intent: `status` only for status writes, else the body without
+/// the metadata the server sets or the host adds per write.
+fn intent(body: &Value, status_only: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut v = if status_only {
+        body.get("status").cloned().unwrap_or(Value::Null)
+    } else {
+        body.clone()
+    };
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "uid",
+            "creationTimestamp",
+        ] {
+            m.remove(k);
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// The field manager of a plugin's server-side applies.
@@ -539,7 +598,23 @@ mod tests {
             name: "w".into(),
             resource_version: rv.map(str::to_owned),
             verb: "apply",
+            previous: None,
+            intent: 0,
+            managers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn intent_ignores_server_metadata_and_status_writes_compare_status_only() {
+        let a = json!({"metadata": {"name": "x", "resourceVersion": "1"}, "data": {"k": "v"}});
+        let b = json!({"metadata": {"name": "x", "resourceVersion": "2",
+            "managedFields": []}, "data": {"k": "v"}});
+        let c = json!({"metadata": {"name": "x"}, "data": {"k": "w"}});
+        assert_eq!(intent(&a, false), intent(&b, false));
+        assert_ne!(intent(&a, false), intent(&c, false));
+        let s1 = json!({"metadata": {"resourceVersion": "1"}, "spec": 1, "status": {"r": 1}});
+        let s2 = json!({"metadata": {"resourceVersion": "5"}, "spec": 2, "status": {"r": 1}});
+        assert_eq!(intent(&s1, true), intent(&s2, true));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod options;
 pub mod queue;
 mod reconciler;
 pub mod store;
+pub mod thrash;
 
 pub use access::Missing;
 pub use options::PluginOptions;
@@ -49,6 +50,8 @@ pub struct Config {
     pub instance: String,
     /// Watch namespaced kinds in this namespace only (`None`: the whole cluster).
     pub namespace: Option<String>,
+    /// When rewriting an object back and forth with another writer counts as a fight.
+    pub thrash: thrash::ThrashConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             sandbox_slots: 32,
             instance: "rekon".to_owned(),
             namespace: None,
+            thrash: thrash::ThrashConfig::default(),
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Stats {
     pub ryw_timeouts: AtomicU64,
     /// Resync passes.
     pub resyncs: AtomicU64,
+    /// Fights with another writer the thrash guard detected.
+    pub thrash_fights: AtomicU64,
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
 

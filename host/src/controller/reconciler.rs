@@ -13,6 +13,7 @@
 use super::mapping;
 use super::queue::{Lease, Outcome, Priority, Queue};
 use super::store::{Change, KindStore, Stores};
+use super::thrash::{Fight, ThrashGuard};
 use super::{Config, PluginOptions, Stats};
 use crate::apply::events::Recorder;
 use crate::apply::{Applier, Snapshot, Written};
@@ -54,6 +55,7 @@ pub struct Reconciler {
     watched: Vec<(KeyMapping, Arc<KindStore>)>,
     shared: Shared,
     options: PluginOptions,
+    thrash: ThrashGuard,
 }
 
 impl Reconciler {
@@ -77,6 +79,7 @@ impl Reconciler {
             expectations: Mutex::default(),
             primary,
             watched,
+            thrash: ThrashGuard::new(shared.config.thrash.clone()),
             shared,
             options,
         }
@@ -147,7 +150,12 @@ impl Reconciler {
     }
 
     /// Queues `key` unless the plugin's options exclude its namespace.
-    fn enqueue(&self, key: ObjectKey, priority: Priority) {
+    fn enqueue(&self, mut key: ObjectKey, priority: Priority) {
+        if !self.primary.is_namespaced() {
+            // A child in a namespace maps to its cluster-scoped owner: one key per
+            // primary, however it was found (invariant 1).
+            key.namespace = None;
+        }
         if self.options.admits(&key) {
             self.queue.add(key, priority);
         }
@@ -197,6 +205,9 @@ impl Reconciler {
         tasks.spawn(async move { this.resync_loop().await });
         let this = self.clone();
         tasks.spawn(async move {
+            // No decision on a partial view: wait until every store the plugin reads
+            // has completed its first list.
+            this.synced().await;
             let mut running = JoinSet::new();
             while let Some(lease) = this.queue.next().await {
                 let worker = this.clone();
@@ -299,6 +310,10 @@ impl Reconciler {
     }
 
     async fn reconcile(&self, plugin: &Loaded, key: &ObjectKey) -> Outcome {
+        if let Some(left) = self.thrash.held(key, std::time::Instant::now()) {
+            tracing::debug!(?left, "held by the thrash guard");
+            return Outcome::SuccessRequeueAfter(left);
+        }
         self.wait_for_own_writes(key).await;
         let Some(stored) = self.primary.get(key.namespace.as_deref(), &key.name) else {
             return Outcome::Success;
@@ -406,6 +421,13 @@ impl Reconciler {
         self.stats
             .writes
             .fetch_add(applied.written.len() as u64, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        for w in &applied.written {
+            if let Some(fight) = self.thrash.observe(key, w, now) {
+                self.fought(plugin, primary, w, &fight).await;
+            }
+        }
+        self.thrash.forget_quiet(now);
         if !applied.written.is_empty() {
             self.expectations
                 .lock()
@@ -439,6 +461,34 @@ impl Reconciler {
                 Outcome::Failed
             }
         }
+    }
+
+    /// Reports a fight the thrash guard found: log, counter, Warning Event naming the
+    /// object and the other writer.
+    async fn fought(&self, plugin: &Loaded, primary: &Value, w: &Written, fight: &Fight) {
+        self.stats.thrash_fights.fetch_add(1, Ordering::Relaxed);
+        let ours = crate::apply::field_manager(plugin.name());
+        let other = w.managers.iter().find(|m| **m != ours).map_or_else(
+            || "another writer".to_owned(),
+            |m| format!("field manager {m:?}"),
+        );
+        let note = format!(
+            "{} was changed back {} times within {:?}: {other} keeps changing what plugin {} \
+             applies; this primary is not reconciled for {:?}. Make one of them stop \
+             owning those fields.",
+            fight.object,
+            fight.rounds,
+            self.shared.config.thrash.window,
+            plugin.name(),
+            fight.hold
+        );
+        tracing::warn!(object = %fight.object, rounds = fight.rounds, hold = ?fight.hold, %other, "thrashing: slowing down");
+        let event = Event {
+            event_type: EventType::Warning,
+            reason: "Thrashing".into(),
+            note,
+        };
+        self.event(plugin, primary, event).await;
     }
 
     async fn failed(&self, plugin: &Loaded, primary: &Value, fault: Fault) -> Outcome {

@@ -106,7 +106,7 @@ fn a_template_already_carrying_the_hash_is_not_written_again() {
 }
 
 #[test]
-fn configmap_metadata_does_not_count_only_contents() {
+fn only_configmap_contents_count_not_their_metadata() {
     let relabelled = host().with(
         config_map("settings", json!({ "level": "info" }))
             .label("team", "a")

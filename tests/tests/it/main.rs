@@ -9,6 +9,7 @@ mod operator;
 mod sandbox;
 mod scaffold;
 mod smoke;
+mod thrash;
 
 /// Installs a log subscriber once when `REKON_TEST_LOG` is set; tests call it first.
 pub fn logs() {
