@@ -4,7 +4,8 @@
 //! Run through `scripts/demo`, which builds the plugins and this program first.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use rekon_tests::controlplane::{ControlPlane, ControlPlaneOptions, install_crd, wait_until};
@@ -111,11 +112,14 @@ async fn main() -> anyhow::Result<()> {
     println!("   CRDs installed: WebApp, NodePool, NodeReport");
 
     let dir = tempfile::tempdir()?;
-    for name in ["webapp", "nodepool"] {
+    for name in ["webapp", "nodepool", "netdefaults"] {
         std::fs::copy(plugins::path(name), dir.path().join(format!("{name}.wasm")))?;
     }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     println!(
-        "\n== rekon run --plugins {} (logs below, prefixed by the host)",
+        "\n== rekon run --plugins {} --http-addr 127.0.0.1:{port} (its logs are interleaved below)",
         dir.path().display()
     );
     let _rekon = Rekon(
@@ -126,11 +130,18 @@ async fn main() -> anyhow::Result<()> {
             .arg(cp.kubeconfig_path())
             .arg("--artifact-dir")
             .arg(rekon_tests::controlplane::cache_dir().join("artifacts"))
+            .arg(format!("--http-addr=127.0.0.1:{port}"))
             .env("REKON_LOG", "info,rekon_host::controller::store=warn")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()?,
     );
+
+    wait_until("/readyz", WAIT, || async {
+        (http_get(port, "/readyz")?.0 == 200).then_some(())
+    })
+    .await?;
+    println!("   GET /readyz: 200 (plugins loaded, caches synced)");
 
     let apps = api(&client, "WebApp");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -214,6 +225,55 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or("-")
     );
 
+    println!(
+        "\n== label Namespace team-a rekon.dev/defaults=enabled (a decorator: no CRD of its own)"
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "team-a",
+                "labels": {"rekon.dev/defaults": "enabled"}}}))?,
+        )
+        .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), "team-a");
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), "team-a");
+    let (p, q) = wait_until("the defaults", WAIT, || async {
+        let p = policies.get_opt("default-deny-ingress").await.ok()??;
+        let q = quotas.get_opt("default").await.ok()??;
+        Some((p, q))
+    })
+    .await?;
+    println!(
+        "   NetworkPolicy {} (policyTypes {:?}) and ResourceQuota {} (hard {:?})",
+        p.metadata.name.as_deref().unwrap_or("?"),
+        p.spec
+            .as_ref()
+            .and_then(|s| s.policy_types.clone())
+            .unwrap_or_default(),
+        q.metadata.name.as_deref().unwrap_or("?"),
+        q.spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .map(|h| h.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    println!("== remove the label: the defaults go");
+    namespaces
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"rekon.dev/defaults": null}}})),
+        )
+        .await?;
+    wait_until("the defaults are removed", WAIT, || async {
+        let p = policies.get_opt("default-deny-ingress").await.ok()?;
+        let q = quotas.get_opt("default").await.ok()?;
+        (p.is_none() && q.is_none()).then_some(())
+    })
+    .await?;
+    println!("   NetworkPolicy and ResourceQuota in team-a are gone");
+
     println!("\n== delete the WebApp: Kubernetes garbage-collects the children rekon owned to it");
     apps.delete("web", &DeleteParams::default()).await?;
     wait_until("the children are collected", WAIT, || async {
@@ -223,6 +283,32 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     println!("   Deployment web and Service web are gone");
+    println!("\n== GET /metrics (a few lines)");
+    if let Some((_, body)) = http_get(port, "/metrics") {
+        for line in body.lines().filter(|l| {
+            l.starts_with("reconcile_total{")
+                || l.starts_with("rekon_cache_objects{")
+                || l.starts_with("workqueue_adds_total{")
+        }) {
+            println!("   {line}");
+        }
+    }
     println!("\n== done: stopping rekon (SIGTERM) and the control plane");
     Ok(())
+}
+
+/// A minimal HTTP/1.1 GET against the host's endpoints: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
 }
