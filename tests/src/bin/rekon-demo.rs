@@ -9,30 +9,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use rekon_tests::controlplane::{ControlPlane, ControlPlaneOptions, install_crd, wait_until};
-use rekon_tests::{binary, plugins};
+use rekon_tests::plugins;
+use rekon_tests::process::{RekonProcess, RunOptions, http_get};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Kills `rekon run` when the demo ends, however it ends.
-struct Rekon(Child);
-
-impl Drop for Rekon {
-    fn drop(&mut self) {
-        // SIGTERM first, for a graceful shutdown; then make sure.
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-    }
-}
 
 fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rekon.dev", "v1alpha1", kind));
@@ -115,26 +97,14 @@ async fn main() -> anyhow::Result<()> {
     for name in ["webapp", "nodepool", "netdefaults"] {
         std::fs::copy(plugins::path(name), dir.path().join(format!("{name}.wasm")))?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let mut options = RunOptions::new(cp.kubeconfig_path(), dir.path(), "rekon-demo");
+    options.log_filter = "info,rekon_host::controller::store=warn";
+    options.inherit_output = true;
+    let mut rekon = RekonProcess::start(options);
+    let port = rekon.port();
     println!(
         "\n== rekon run --plugins {} --http-addr 127.0.0.1:{port} (its logs are interleaved below)",
         dir.path().display()
-    );
-    let _rekon = Rekon(
-        Command::new(binary::rekon())
-            .args(["run", "--plugins"])
-            .arg(dir.path())
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig_path())
-            .arg("--artifact-dir")
-            .arg(rekon_tests::controlplane::cache_dir().join("artifacts"))
-            .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .env("REKON_LOG", "info,rekon_host::controller::store=warn")
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()?,
     );
 
     wait_until("/readyz", WAIT, || async {
@@ -294,21 +264,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("\n== done: stopping rekon (SIGTERM) and the control plane");
+    rekon.terminate();
+    let status = tokio::task::spawn_blocking(move || rekon.wait()).await?;
+    println!("   rekon exited: {status}");
     Ok(())
-}
-
-/// A minimal HTTP/1.1 GET against the host's endpoints: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
 }

@@ -2,6 +2,7 @@
 //!
 //! Set `REKON_TEST_LOG` (an `EnvFilter`, e.g. `rekon_host=debug`) to see the host's logs.
 
+mod chaos;
 mod controller;
 mod deploy;
 mod examples;

@@ -14,11 +14,11 @@ use rekon_host::operator::{self, Change, Follow, PluginSet, Reporter};
 use rekon_host::plugin::{Artifacts, Loader};
 use rekon_host::sandbox::{self, Sandbox};
 use rekon_tests::controlplane::{ControlPlane, wait_until};
-use rekon_tests::{binary, plugins};
+use rekon_tests::plugins;
+use rekon_tests::process::{RekonProcess, RunOptions};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -281,103 +281,31 @@ async fn follow_reports_settled_after_the_first_plugins_start() {
 // ---------------------------------------------------------------------------------------
 // The `rekon run` binary.
 
-/// A `rekon run` process; killed when dropped.
-struct Rekon {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
+/// `rekon run` scoped to the test namespace, with short lease timings (used when
+/// `extra` has `--leader-elect`).
+fn start_rekon(kc: &Path, dir: &Path, ns: &str, identity: &str, extra: &[&str]) -> RekonProcess {
+    RekonProcess::start(
+        RunOptions::new(kc, dir, identity).args(
+            [
+                format!("--namespace={ns}"),
+                format!("--lease-namespace={ns}"),
+                "--lease-duration=3s".into(),
+                "--renew-deadline=2s".into(),
+                "--retry-period=500ms".into(),
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|s| (*s).to_owned())),
+        ),
+    )
 }
 
-impl Drop for Rekon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn reconciles(r: &RekonProcess) -> f64 {
+    r.metric("reconcile_total{plugin=\"stamp\",result=\"success\"}")
 }
 
-impl Rekon {
-    fn start(kubeconfig: &Path, dir: &Path, ns: &str, identity: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("rekon-{identity}-{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary::rekon())
-            .arg("run")
-            .arg(format!("--plugins={}", dir.display()))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!(
-                "--artifact-dir={}",
-                plugins::target_dir().join("rekon-test-artifacts").display()
-            ))
-            .arg(format!("--namespace={ns}"))
-            .arg(format!("--http-addr=127.0.0.1:{port}"))
-            .arg(format!("--lease-namespace={ns}"))
-            .args([
-                "--lease-duration=3s",
-                "--renew-deadline=2s",
-                "--retry-period=500ms",
-            ])
-            .arg(format!("--identity={identity}"))
-            .args(extra)
-            .env("REKON_LOG", "info,rekon_host=debug")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("rekon runs");
-        Self { child, port, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path)
-    }
-
-    /// The value of one sample on /metrics (0 when absent).
-    fn metric(&self, sample: &str) -> f64 {
-        self.get("/metrics")
-            .and_then(|(_, body)| {
-                body.lines()
-                    .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            })
-            .unwrap_or(0.0)
-    }
-
-    fn reconciles(&self) -> f64 {
-        self.metric("reconcile_total{plugin=\"stamp\",result=\"success\"}")
-    }
-}
-
-async fn kubeconfig() -> std::path::PathBuf {
+pub(crate) async fn kubeconfig() -> std::path::PathBuf {
     let cp = ControlPlane::shared().await.expect("control plane");
     cp.kubeconfig_path().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 GET; `None` when nothing listens yet.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
 
 async fn lease_holder(client: &kube::Client, ns: &str) -> Option<String> {
@@ -421,20 +349,20 @@ async fn two_processes_one_leader_and_the_standby_takes_over_after_a_kill() {
     let api: Api<ConfigMap> = ns.api();
     let kc = kubeconfig().await;
 
-    let mut a = Rekon::start(&kc, dir.path(), ns.name(), "rekon-a", &["--leader-elect"]);
+    let mut a = start_rekon(&kc, dir.path(), ns.name(), "rekon-a", &["--leader-elect"]);
     wait_until("rekon-a leads", WAIT, || async {
         (lease_holder(&client, ns.name()).await.as_deref() == Some("rekon-a")).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
-    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
+    let b = start_rekon(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
     wait_until("both answer /readyz 200", WAIT, || async {
         (a.get("/readyz")?.0 == 200 && b.get("/readyz")?.0 == 200).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\nA:\n{}\nB:\n{}", a.log(), b.log()));
 
-    let before = a.reconciles();
+    let before = reconciles(&a);
     for i in 0..10 {
         api.create(&PostParams::default(), &stamped(&format!("p{i}")))
             .await
@@ -445,21 +373,20 @@ async fn two_processes_one_leader_and_the_standby_takes_over_after_a_kill() {
     })
     .await
     .unwrap();
-    let after = a.reconciles();
+    let after = reconciles(&a);
     println!("leader's reconcile_total{{result=\"success\"}}: {before} before, {after} after");
     assert!(
         after >= before + 10.0,
         "the counter moved: {before} → {after}"
     );
-    assert_eq!(b.reconciles(), 0.0, "the standby reconciled nothing");
+    assert_eq!(reconciles(&b), 0.0, "the standby reconciled nothing");
     assert_eq!(
         lease_holder(&client, ns.name()).await.as_deref(),
         Some("rekon-a")
     );
 
     // kill -9 the leader; work created meanwhile is converged by the standby.
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     let killed = Instant::now();
     for i in 10..20 {
         api.create(&PostParams::default(), &stamped(&format!("p{i}")))
@@ -493,7 +420,7 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
     let api: Api<ConfigMap> = ns.api();
     let kc = kubeconfig().await;
 
-    let a = Rekon::start(
+    let a = start_rekon(
         &kc,
         dir.path(),
         ns.name(),
@@ -513,19 +440,14 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
             .unwrap();
     }
     wait_until("the burst has started", WAIT, || async {
-        (a.reconciles() >= 1.0).then_some(())
+        (reconciles(&a) >= 1.0).then_some(())
     })
     .await
     .unwrap();
-    let pid = a.child.id();
     let term = Instant::now();
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    a.terminate();
     let mut a = a;
-    let status = tokio::task::block_in_place(|| a.child.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| a.wait());
     let took = term.elapsed();
     println!("SIGTERM during a burst: exited {status} after {took:?} (grace 3s)");
     assert!(status.success(), "clean exit\n{}", a.log());
@@ -553,7 +475,7 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
         .count();
     println!("children when the first leader exited: {done} of 50");
 
-    let b = Rekon::start(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
+    let b = start_rekon(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
     wait_until("the next leader converges all 50", WAIT, || async {
         children_converged(&api, 50, version).await.then_some(())
     })
@@ -573,7 +495,7 @@ async fn readyz_turns_ready_once_the_plugins_run_and_their_stores_synced() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(plugins::path("stamp-plugin"), dir.path().join("stamp.wasm")).unwrap();
     let kc = kubeconfig().await;
-    let r = Rekon::start(&kc, dir.path(), ns.name(), "rekon-ready", &[]);
+    let r = start_rekon(&kc, dir.path(), ns.name(), "rekon-ready", &[]);
     // The first answer comes before the plugin directory has settled (≥ 300 ms).
     let first = wait_until("/readyz answers", WAIT, || async { r.get("/readyz") })
         .await

@@ -6,7 +6,7 @@
 //! | mode | behaviour |
 //! | --- | --- |
 //! | absent | does nothing (so the plugin can run live beside others without cascading) |
-//! | `ok` | applies ConfigMap `<name>-out` with the primary's data |
+//! | `ok` | applies ConfigMap `<name>-out` with the primary's data minus `mode` (so the copy, a ConfigMap too, does nothing) |
 //! | `loop` | spins forever without calling the host |
 //! | `alloc` | allocates and touches 1 MiB blocks forever |
 //! | `panic` | `panic!("hostile panic")` |
@@ -14,6 +14,7 @@
 //! | `recurse` | recurses without bound (stack overflow) |
 //! | `giant-output` | applies a ConfigMap holding `data.bytes` bytes (default 64 MiB) |
 //! | `undeclared-write` | applies a `v1 Secret` (a kind it did not declare) |
+//! | `other-namespace` | applies ConfigMap `<name>-out` into namespace `data.namespace` (default `kube-system`), outside its primary's |
 //! | `read-secret` | reads a `v1 Secret` from the cache; event `ReadRefused` with the error, or `ReadAllowed` |
 //! | `fs` | reads `/etc/hostname` and lists `/`; event `FsDenied` with the errors, or `FsGranted` (`ACCESS GRANTED: …`) |
 //! | `socket` | connects TCP to `127.0.0.1:6443` and binds UDP; event `SocketDenied` / `SocketGranted` likewise |
@@ -55,7 +56,11 @@ impl Plugin for Hostile {
         let out = Output::new();
         match data.get("mode").map_or("none", String::as_str) {
             "none" => Ok(out),
-            "ok" => Ok(out.apply(&config_map(&req, "out", data.clone()))),
+            "ok" => {
+                let mut copy = data.clone();
+                copy.remove("mode");
+                Ok(out.apply(&config_map(&req, "out", copy)))
+            }
             "loop" => spin(),
             "alloc" => hoard(),
             "panic" => panic!("hostile panic"),
@@ -69,6 +74,12 @@ impl Plugin for Hostile {
                     "out",
                     BTreeMap::from([("blob".to_owned(), blob)]),
                 )))
+            }
+            "other-namespace" => {
+                let mut cm = config_map(&req, "out", BTreeMap::new());
+                cm.metadata.namespace =
+                    Some(data.get("namespace").map_or("kube-system", String::as_str).to_owned());
+                Ok(out.apply(&cm))
             }
             "undeclared-write" => {
                 let secret = Secret {
