@@ -90,34 +90,31 @@ impl Plugin for WebAppPlugin {
 
     fn reconcile(req: Request) -> Result<Output, Error> {
         let app: WebApp = req.primary()?;
-        let (name, namespace, spec) = (req.name(), req.namespace(), &app.spec);
+        let (name, spec) = (req.name(), &app.spec);
         let selector = json!({ "app.kubernetes.io/name": name });
         let labels =
             json!({ "app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "rekon" });
+        let metadata = json!({ "name": name, "namespace": req.namespace(), "labels": labels });
         let deployment = json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": { "name": name, "namespace": namespace, "labels": labels },
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
             "spec": {
                 "replicas": spec.replicas,
                 "selector": { "matchLabels": selector },
                 "template": {
                     "metadata": { "labels": labels },
-                    "spec": { "containers": [{
-                        "name": "web", "image": spec.image, "ports": [{ "containerPort": spec.port }],
-                    }] },
+                    "spec": { "containers": [{ "name": "web", "image": spec.image, "ports": [{ "containerPort": spec.port }] }] },
                 },
             },
         });
         let service = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": name, "namespace": namespace, "labels": labels },
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata,
             "spec": { "selector": selector, "ports": [{ "port": spec.port, "targetPort": spec.port }] },
         });
         let deployed = req.related_named::<Deployment>(name)?;
         let ready = deployed.and_then(|d| d.status?.ready_replicas).unwrap_or(0);
         let is_ready = ready >= spec.replicas;
-        let reason = if is_ready { "Available" } else { "Progressing" };
         let message = format!("{ready}/{} replicas ready", spec.replicas);
+        let reason = if is_ready { "Available" } else { "Progressing" };
         Ok(Output::new()
             .apply(deployment)
             .apply(service)

@@ -6,6 +6,7 @@ mod chaos;
 mod controller;
 mod deploy;
 mod examples;
+mod isolation;
 mod operator;
 mod sandbox;
 mod scaffold;

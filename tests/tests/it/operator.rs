@@ -495,7 +495,13 @@ async fn readyz_turns_ready_once_the_plugins_run_and_their_stores_synced() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(plugins::path("stamp-plugin"), dir.path().join("stamp.wasm")).unwrap();
     let kc = kubeconfig().await;
-    let r = start_rekon(&kc, dir.path(), ns.name(), "rekon-ready", &[]);
+    let r = start_rekon(
+        &kc,
+        dir.path(),
+        ns.name(),
+        "rekon-ready",
+        &["--log-format=json"],
+    );
     // The first answer comes before the plugin directory has settled (≥ 300 ms).
     let first = wait_until("/readyz answers", WAIT, || async { r.get("/readyz") })
         .await
@@ -518,6 +524,11 @@ async fn readyz_turns_ready_once_the_plugins_run_and_their_stores_synced() {
         started < ready,
         "ready only after the plugin started\n{log}"
     );
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("--log-format json: not JSON ({e}): {line}"));
+        assert!(entry["fields"]["message"].is_string(), "{line}");
+    }
     let metrics = r.get("/metrics").unwrap().1;
     assert!(
         metrics.contains("rekon_cache_synced{kind=\"v1 ConfigMap\"} 1"),

@@ -77,8 +77,11 @@ impl Plugin for Hostile {
             }
             "other-namespace" => {
                 let mut cm = config_map(&req, "out", BTreeMap::new());
-                cm.metadata.namespace =
-                    Some(data.get("namespace").map_or("kube-system", String::as_str).to_owned());
+                cm.metadata.namespace = Some(
+                    data.get("namespace")
+                        .map_or("kube-system", String::as_str)
+                        .to_owned(),
+                );
                 Ok(out.apply(&cm))
             }
             "undeclared-write" => {
