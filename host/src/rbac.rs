@@ -136,15 +136,19 @@ pub fn cluster_role(name: &str, plugins: &[&Metadata]) -> ClusterRole {
             }),
     );
     ClusterRole {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/name".to_owned(),
-                "rekon".to_owned(),
-            )])),
-            ..Default::default()
-        },
+        metadata: labelled(name),
         rules: Some(all),
+        ..Default::default()
+    }
+}
+
+fn labelled(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_owned(),
+            "rekon".to_owned(),
+        )])),
         ..Default::default()
     }
 }
@@ -156,14 +160,7 @@ pub fn cluster_role_binding(
     service_account: &str,
 ) -> ClusterRoleBinding {
     ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/name".to_owned(),
-                "rekon".to_owned(),
-            )])),
-            ..Default::default()
-        },
+        metadata: labelled(name),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".to_owned()),
             kind: "ClusterRole".to_owned(),

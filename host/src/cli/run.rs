@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(serve::serve(listener, endpoints, stopped()));
     }
 
-    let mut elector = args.leader_elect.then(|| {
+    let candidate = || {
         Elector::new(
             client.clone(),
             &args.lease_namespace,
@@ -163,7 +163,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 retry: args.retry_period,
             },
         )
-    });
+    };
+    let mut elector = args.leader_elect.then(candidate);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(e) = elector.as_mut() {
         // A standby is ready: it can take over. It reconciles nothing.
@@ -176,17 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         readiness.set(false);
-        let mut holder = Elector::new(
-            client.clone(),
-            &args.lease_namespace,
-            &args.lease_name,
-            &identity,
-            Timing {
-                lease_duration: args.lease_duration,
-                renew_deadline: args.renew_deadline,
-                retry: args.retry_period,
-            },
-        );
+        let mut holder = candidate();
         tokio::spawn(async move {
             holder.hold().await;
             let _ = lost_tx.send(());

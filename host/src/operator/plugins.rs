@@ -242,110 +242,60 @@ impl PluginSet {
             settings: config.settings_json(),
         };
 
-        if let Some(running) = self.active.get(stem) {
-            let same_shape = running.plugin == plugin
-                && same_declaration(&running.metadata, &metadata)
-                && running.config == config;
-            if same_shape && let Some(r) = self.host.get(&plugin) {
-                r.replace_plugin(loaded);
-                tracing::info!(%plugin, version = %metadata.version, digest = %&digest[..12], "plugin replaced in place");
-                self.report(
-                    stem,
-                    EventType::Normal,
-                    "PluginReplaced",
-                    format!("{plugin} {} ({})", metadata.version, &digest[..12]),
-                )
-                .await;
-                self.active.insert(
-                    stem.to_owned(),
-                    Active {
-                        plugin: plugin.clone(),
-                        files,
-                        digest,
-                        config,
-                        metadata,
-                    },
-                );
-                return Some(Change::Replaced {
-                    plugin,
+        let in_place = self.active.get(stem).is_some_and(|r| {
+            r.plugin == plugin && same_declaration(&r.metadata, &metadata) && r.config == config
+        });
+        let change = match self.host.get(&plugin).filter(|_| in_place) {
+            Some(running) => {
+                running.replace_plugin(loaded);
+                Change::Replaced {
+                    plugin: plugin.clone(),
                     restarted: false,
-                });
-            }
-            let old = self.active.remove(stem).expect("checked above");
-            tracing::info!(plugin = %old.plugin, "declaration or options changed; restarting the controller");
-            self.host.stop(&old.plugin).await;
-            return match self.host.start_with(loaded, options).await {
-                Ok(_) => {
-                    self.report(
-                        stem,
-                        EventType::Normal,
-                        "PluginReplaced",
-                        format!(
-                            "{plugin} {} ({}), controller restarted",
-                            metadata.version,
-                            &digest[..12]
-                        ),
-                    )
-                    .await;
-                    self.active.insert(
-                        stem.to_owned(),
-                        Active {
-                            plugin: plugin.clone(),
-                            files,
-                            digest,
-                            config,
-                            metadata,
-                        },
-                    );
-                    self.failed.remove(stem);
-                    Some(Change::Replaced {
-                        plugin,
-                        restarted: true,
-                    })
                 }
-                Err(e) => {
+            }
+            None => {
+                let old = self.active.remove(stem);
+                if let Some(old) = &old {
+                    tracing::info!(plugin = %old.plugin, "declaration or options changed; restarting the controller");
+                    self.host.stop(&old.plugin).await;
+                }
+                if let Err(e) = self.host.start_with(loaded, options).await {
                     self.host.metrics().plugin_start_failed(&e);
                     let reason = format!("{}: {e}", files.wasm.display());
-                    Some(
-                        self.refuse(stem, files, reason, Some(Instant::now() + self.retry))
-                            .await,
-                    )
+                    let retry_at = Some(Instant::now() + self.retry);
+                    return Some(self.refuse(stem, files, reason, retry_at).await);
                 }
-            };
-        }
-
-        match self.host.start_with(loaded, options).await {
-            Ok(_) => {
-                tracing::info!(%plugin, version = %metadata.version, file = %files.wasm.display(), "plugin started");
-                self.report(
-                    stem,
-                    EventType::Normal,
-                    "PluginStarted",
-                    format!("{plugin} {} ({})", metadata.version, &digest[..12]),
-                )
-                .await;
-                self.active.insert(
-                    stem.to_owned(),
-                    Active {
+                match old {
+                    Some(_) => Change::Replaced {
                         plugin: plugin.clone(),
-                        files,
-                        digest,
-                        config,
-                        metadata,
+                        restarted: true,
                     },
-                );
-                self.failed.remove(stem);
-                Some(Change::Started { plugin })
+                    None => Change::Started {
+                        plugin: plugin.clone(),
+                    },
+                }
             }
-            Err(e) => {
-                self.host.metrics().plugin_start_failed(&e);
-                let reason = format!("{}: {e}", files.wasm.display());
-                Some(
-                    self.refuse(stem, files, reason, Some(Instant::now() + self.retry))
-                        .await,
-                )
-            }
-        }
+        };
+        let (reason, how) = match &change {
+            Change::Started { .. } => ("PluginStarted", ""),
+            Change::Replaced {
+                restarted: true, ..
+            } => ("PluginReplaced", ", controller restarted"),
+            _ => ("PluginReplaced", ", in place"),
+        };
+        let note = format!("{plugin} {} ({}){how}", metadata.version, &digest[..12]);
+        tracing::info!(file = %files.wasm.display(), "{reason}: {note}");
+        self.report(stem, EventType::Normal, reason, note).await;
+        let active = Active {
+            plugin,
+            files,
+            digest,
+            config,
+            metadata,
+        };
+        self.active.insert(stem.to_owned(), active);
+        self.failed.remove(stem);
+        Some(change)
     }
 
     async fn refuse(

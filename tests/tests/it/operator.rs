@@ -518,7 +518,7 @@ async fn readyz_turns_ready_once_the_plugins_run_and_their_stores_synced() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", r.log()));
     let log = r.log();
-    let started = log.find("plugin started").expect("the plugin started");
+    let started = log.find("PluginStarted").expect("the plugin started");
     let ready = log.find("ready: plugins loaded").expect("readiness logged");
     assert!(
         started < ready,
