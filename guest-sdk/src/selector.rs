@@ -45,40 +45,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use rekon_selector::Requirement;
+
+pub use rekon_selector::Error;
 
 /// A label selector: every requirement must hold. The empty selector matches everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
-    requirements: Vec<Requirement>,
-}
-
-/// One requirement on one label key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Requirement {
-    /// The label is present with one of these values (`k=v` is `In` with one value).
-    In(String, Vec<String>),
-    /// The label is absent or has none of these values (`k!=v` is `NotIn` with one).
-    NotIn(String, Vec<String>),
-    /// The label is present.
-    Exists(String),
-    /// The label is absent.
-    DoesNotExist(String),
-}
-
-/// Why a selector is not valid: names the selector and what is wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error {
-    selector: String,
-    reason: String,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "label selector {:?}: {}", self.selector, self.reason)
-    }
-}
-
-impl std::error::Error for Error {}
+///
+/// Parsing, matching and the string form are [`rekon_selector`]'s, the implementation the
+/// host uses too, so a plugin and the host's cache agree on what a selector means.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Selector(rekon_selector::Selector);
 
 impl From<Error> for crate::Error {
     /// A permanent error: a selector that does not parse will not parse on retry.
@@ -101,18 +77,7 @@ impl Selector {
     ///
     /// An [`Error`] naming the selector and the requirement that does not parse.
     pub fn parse(input: &str) -> Result<Self, Error> {
-        let fail = |reason: String| Error {
-            selector: input.to_owned(),
-            reason,
-        };
-        if input.trim().is_empty() {
-            return Ok(Self::everything());
-        }
-        let requirements = split_top_level(input)
-            .into_iter()
-            .map(|term| parse_term(term.trim()).map_err(fail))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { requirements })
+        rekon_selector::Selector::parse(input).map(Self)
     }
 
     /// The selector a [`LabelSelector`] of a spec stands for: its `matchLabels` (each
@@ -124,54 +89,24 @@ impl Selector {
     /// An [`Error`] for an unknown operator, `In`/`NotIn` without values,
     /// `Exists`/`DoesNotExist` with values, or an invalid key or value.
     pub fn from_label_selector(selector: &LabelSelector) -> Result<Self, Error> {
-        let fail = |reason: String| Error {
-            selector: describe(selector),
-            reason,
-        };
-        let mut requirements = Vec::new();
-        for (key, value) in selector.match_labels.iter().flatten() {
-            requirements.push(Requirement::In(
-                key_of(key).map_err(fail)?,
-                vec![value_of(value).map_err(fail)?],
-            ));
-        }
-        for expression in selector.match_expressions.iter().flatten() {
-            let key = key_of(&expression.key).map_err(fail)?;
-            let values = expression
-                .values
-                .iter()
-                .flatten()
-                .map(|v| value_of(v))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
-            let operator = expression.operator.as_str();
-            let requirement = match operator {
-                "In" | "NotIn" if values.is_empty() => {
-                    return Err(fail(format!(
-                        "{operator} on {key:?} needs at least one value"
-                    )));
-                }
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(fail(format!("{operator} on {key:?} takes no values")));
-                }
-                "In" => Requirement::In(key, values),
-                "NotIn" => Requirement::NotIn(key, values),
-                "Exists" => Requirement::Exists(key),
-                "DoesNotExist" => Requirement::DoesNotExist(key),
-                other => {
-                    return Err(fail(format!(
-                        "unknown operator {other:?} on {key:?} (In, NotIn, Exists, DoesNotExist)"
-                    )));
-                }
-            };
-            requirements.push(requirement);
-        }
-        Ok(Self { requirements })
+        let labels = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(key, value)| Requirement::equals(key, value));
+        let expressions = selector.match_expressions.iter().flatten().map(|e| {
+            Requirement::expression(&e.key, &e.operator, e.values.as_deref().unwrap_or_default())
+        });
+        labels
+            .chain(expressions)
+            .collect::<Result<_, _>>()
+            .map(Self)
+            .map_err(|problem| Error::new(describe(selector), problem))
     }
 
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matches_with(|key| labels.get(key).map(String::as_str))
+        self.0.matches(labels)
     }
 
     /// Whether an object whose `metadata.labels` are `labels` (`None`: no labels)
@@ -182,17 +117,12 @@ impl Selector {
 
     /// Whether the labels that `label` looks up satisfy every requirement.
     pub(crate) fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.requirements.iter().all(|r| match r {
-            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
-            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| vs.iter().all(|v| v != l)),
-            Requirement::Exists(k) => label(k).is_some(),
-            Requirement::DoesNotExist(k) => label(k).is_none(),
-        })
+        self.0.matches_with(label)
     }
 
     /// Whether the selector has no requirement (and so matches everything).
     pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -209,25 +139,16 @@ pub fn matches(
     Ok(Selector::from_label_selector(selector)?.matches_opt(labels))
 }
 
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl fmt::Display for Selector {
     /// The string form, as [`Selector::parse`] reads it back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for r in &self.requirements {
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            match r {
-                Requirement::In(k, vs) if vs.len() == 1 => write!(f, "{k}={}", vs[0])?,
-                Requirement::NotIn(k, vs) if vs.len() == 1 => write!(f, "{k}!={}", vs[0])?,
-                Requirement::In(k, vs) => write!(f, "{k} in ({})", vs.join(","))?,
-                Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", vs.join(","))?,
-                Requirement::Exists(k) => f.write_str(k)?,
-                Requirement::DoesNotExist(k) => write!(f, "!{k}")?,
-            }
-        }
-        Ok(())
+        self.0.fmt(f)
     }
 }
 
@@ -272,81 +193,6 @@ fn describe(selector: &LabelSelector) -> String {
     )
 }
 
-/// Splits on commas outside parentheses.
-fn split_top_level(s: &str) -> Vec<&str> {
-    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
-}
-
-fn parse_term(term: &str) -> Result<Requirement, String> {
-    if term.is_empty() {
-        return Err("empty requirement".into());
-    }
-    if let Some(key) = term.strip_prefix('!') {
-        return Ok(Requirement::DoesNotExist(key_of(key)?));
-    }
-    if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotIn(key_of(k)?, vec![value_of(v)?]));
-    }
-    if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Ok(Requirement::In(key_of(k)?, vec![value_of(v)?]));
-    }
-    for (op, notin) in [(" notin ", true), (" in ", false)] {
-        if let Some((k, rest)) = term.split_once(op) {
-            let inner = rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .ok_or_else(|| format!("{term:?}: the values must be in parentheses"))?;
-            let values = inner.split(',').map(value_of).collect::<Result<_, _>>()?;
-            let key = key_of(k)?;
-            return Ok(if notin {
-                Requirement::NotIn(key, values)
-            } else {
-                Requirement::In(key, values)
-            });
-        }
-    }
-    Ok(Requirement::Exists(key_of(term)?))
-}
-
-fn key_of(raw: &str) -> Result<String, String> {
-    let key = raw.trim();
-    let valid = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if valid {
-        Ok(key.to_owned())
-    } else {
-        Err(format!("{key:?} is not a valid label key"))
-    }
-}
-
-fn value_of(raw: &str) -> Result<String, String> {
-    let value = raw.trim();
-    let valid = value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
-        Ok(value.to_owned())
-    } else {
-        Err(format!("{value:?} is not a valid label value"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,34 +220,6 @@ mod tests {
         LabelSelector {
             match_labels: (!match_labels.is_empty()).then(|| labels(match_labels)),
             match_expressions: (!expressions.is_empty()).then_some(expressions),
-        }
-    }
-
-    #[test]
-    fn every_string_operator_matches_as_kubernetes_defines_it() {
-        let l = labels(&[("app", "web"), ("tier", "front")]);
-        for (selector, expected) in [
-            ("", true),
-            ("app=web", true),
-            ("app==web", true),
-            ("app=db", false),
-            ("app!=db", true),
-            ("app!=web", false),
-            ("missing!=x", true),
-            ("tier in (front, back)", true),
-            ("tier notin (front)", false),
-            ("missing notin (x)", true),
-            ("missing in (x)", false),
-            ("app,!legacy", true),
-            ("legacy", false),
-            ("!app", false),
-            ("app=web,tier=back", false),
-        ] {
-            assert_eq!(
-                Selector::parse(selector).unwrap().matches(&l),
-                expected,
-                "{selector}"
-            );
         }
     }
 
@@ -478,11 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_selectors_are_refused_naming_the_selector_and_the_problem() {
-        for bad in ["app in web", "=web", "a b", "app in (x", "a,,b", "app=we b"] {
-            let err = Selector::parse(bad).unwrap_err();
-            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
-        }
+    fn invalid_label_selectors_are_refused_naming_the_selector_and_the_problem() {
         for (s, needle) in [
             (
                 structured(&[], vec![expression("a", "Equals", &["x"])]),
@@ -504,8 +318,31 @@ mod tests {
             let err = Selector::from_label_selector(&s).unwrap_err();
             assert!(err.to_string().contains(needle), "{err}");
             assert!(err.to_string().starts_with("label selector"), "{err}");
+            assert_eq!(err.selector(), describe(&s));
         }
-        let as_reconcile_error: crate::Error = Selector::parse("a b").unwrap_err().into();
-        assert!(!as_reconcile_error.is_transient());
+    }
+
+    #[test]
+    fn a_selector_error_is_a_permanent_reconcile_error() {
+        for err in [
+            Selector::parse("a b").unwrap_err(),
+            "a,,b".parse::<Selector>().unwrap_err(),
+            Selector::from_label_selector(&structured(&[], vec![expression("a", "In", &[])]))
+                .unwrap_err(),
+        ] {
+            let message = err.to_string();
+            let as_reconcile_error: crate::Error = err.into();
+            assert!(!as_reconcile_error.is_transient());
+            assert!(as_reconcile_error.to_string().contains(&message));
+        }
+    }
+
+    #[test]
+    fn a_missing_labels_map_is_matched_as_no_labels() {
+        let selector = Selector::parse("!legacy,tier notin (db)").unwrap();
+        assert!(selector.matches_opt(None));
+        assert!(!Selector::parse("app").unwrap().matches_opt(None));
+        assert!(Selector::everything().matches_opt(None));
+        assert!(Selector::everything().is_empty());
     }
 }
