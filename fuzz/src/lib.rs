@@ -22,8 +22,8 @@ use kube::core::DynamicObject;
 use rekon_host::apply::owner::{self, Scope};
 use rekon_host::apply::{Snapshot, check, status};
 use rekon_host::contract::{
-    Condition, ConditionStatus, Event, EventType, Gvk, Metadata, Mutation, Output, Target,
-    kind_of, meta,
+    Condition, ConditionStatus, Event, EventType, Gvk, Metadata, Mutation, Output, Target, kind_of,
+    meta,
 };
 use rekon_host::sandbox::{Limits, RawMutation, RawOutput};
 use rekon_host::testing::case;
@@ -230,7 +230,7 @@ pub enum Text {
     /// Any JSON value.
     Json(Json),
     /// An object shaped like a Kubernetes object.
-    Object(KubeObject),
+    Object(Box<KubeObject>),
 }
 
 impl Text {
@@ -451,7 +451,9 @@ pub fn assert_guarantees(out: &Output, declared: &Metadata, primary: &str) {
     let scope = Scope::of(&primary);
     for m in &out.mutations {
         match m {
-            Mutation::Apply(o) | Mutation::Create(o) | Mutation::Update(o)
+            Mutation::Apply(o)
+            | Mutation::Create(o)
+            | Mutation::Update(o)
             | Mutation::UpdateStatus(o) => {
                 assert!(o.is_object(), "{} of a non-object", m.verb());
                 assert!(
@@ -461,7 +463,11 @@ pub fn assert_guarantees(out: &Output, declared: &Metadata, primary: &str) {
                 );
                 let kind = kind_of(o);
                 assert!(!kind.version.is_empty() && !kind.kind.is_empty());
-                assert!(declared.may_write(&kind), "{} of undeclared {kind}", m.verb());
+                assert!(
+                    declared.may_write(&kind),
+                    "{} of undeclared {kind}",
+                    m.verb()
+                );
                 let named = meta(o, "name").is_some_and(|n| !n.is_empty());
                 let generated = meta(o, "generateName").is_some_and(|n| !n.is_empty());
                 assert!(named || (m.verb() == "create" && generated));
@@ -473,7 +479,9 @@ pub fn assert_guarantees(out: &Output, declared: &Metadata, primary: &str) {
                 assert_target(target, declared, scope);
                 assert!(patch.is_object(), "a merge patch that is not an object");
                 assert!(
-                    patch.get("metadata").is_none_or(|m| m.is_object() || m.is_null()),
+                    patch
+                        .get("metadata")
+                        .is_none_or(|m| m.is_object() || m.is_null()),
                     "a merge patch whose metadata is neither an object nor null"
                 );
             }
@@ -490,7 +498,11 @@ pub fn assert_guarantees(out: &Output, declared: &Metadata, primary: &str) {
 
 fn assert_target(t: &Target, declared: &Metadata, scope: Scope<'_>) {
     assert!(!t.api_version.is_empty() && !t.kind.is_empty() && !t.name.is_empty());
-    assert!(declared.may_write(&t.gvk()), "target of undeclared {}", t.gvk());
+    assert!(
+        declared.may_write(&t.gvk()),
+        "target of undeclared {}",
+        t.gvk()
+    );
     assert!(scope.admits_named(t.namespace.as_deref()));
 }
 
@@ -503,27 +515,36 @@ fn assert_target(t: &Target, declared: &Metadata, scope: Scope<'_>) {
 /// When one of those steps does, on an output the check accepted.
 pub fn prepare_writes(out: &Output, primary: &Value) {
     let scope = Scope::of(primary);
-    let mut snapshot = Snapshot::new([primary]);
+    let snapshot = Snapshot::new([primary]);
     let primary_kind = kind_of(primary);
     let primary_name = meta(primary, "name").unwrap_or_default();
     let mut plugin_status = None;
     for m in &out.mutations {
         let (kind, ns, name) = match m {
-            Mutation::Apply(o) | Mutation::Create(o) | Mutation::Update(o)
+            Mutation::Apply(o)
+            | Mutation::Create(o)
+            | Mutation::Update(o)
             | Mutation::UpdateStatus(o) => (
                 kind_of(o),
-                meta(o, "namespace").or(scope.namespace()).map(str::to_owned),
+                meta(o, "namespace")
+                    .or(scope.namespace())
+                    .map(str::to_owned),
                 meta(o, "name").unwrap_or_default().to_owned(),
             ),
             Mutation::MergePatch { target, .. } | Mutation::Delete(target) => (
                 target.gvk(),
-                target.namespace.clone().or(scope.namespace().map(str::to_owned)),
+                target
+                    .namespace
+                    .clone()
+                    .or(scope.namespace().map(str::to_owned)),
                 target.name.clone(),
             ),
         };
         let _ = scope.admits(true, ns.as_deref());
         let seen = snapshot.get(&kind, ns.as_deref(), &name);
-        let rv = seen.map(|(rv, _)| rv.to_owned()).unwrap_or_else(|| "1".into());
+        let rv = seen
+            .map(|(rv, _)| rv.to_owned())
+            .unwrap_or_else(|| "1".into());
         let uid = seen.map(|(_, uid)| uid.to_owned());
         match m {
             Mutation::UpdateStatus(o)
@@ -561,22 +582,18 @@ pub fn prepare_writes(out: &Output, primary: &Value) {
                 let _ = t.to_string();
             }
         }
-        snapshot.record(&rekon_host::apply::Written {
-            kind,
-            namespace: ns,
-            name,
-            resource_version: Some("2".into()),
-            verb: m.verb(),
-        });
     }
     if out.prune
         && let Some(uid) = meta(primary, "uid")
     {
         let _ = owner::controlled_by(primary, uid);
     }
-    if let Some(new_status) =
-        status::primary_status(primary, plugin_status, &out.conditions, "2026-01-01T00:00:00Z")
-    {
+    if let Some(new_status) = status::primary_status(
+        primary,
+        plugin_status,
+        &out.conditions,
+        "2026-01-01T00:00:00Z",
+    ) {
         let mut obj = primary.clone();
         obj["status"] = new_status;
         let _ = serde_json::from_value::<DynamicObject>(obj);

@@ -97,6 +97,8 @@
 
 extern crate self as rekon_sdk;
 
+#[cfg(all(target_arch = "wasm32", feature = "arena"))]
+mod arena;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod bindings;
 pub mod cache;
@@ -105,6 +107,8 @@ pub mod condition;
 mod decode;
 mod error;
 pub mod log;
+#[cfg(target_arch = "wasm32")]
+mod mem;
 pub mod object;
 pub mod output;
 pub mod owner;
@@ -122,6 +126,12 @@ pub use object::{DynamicObject, Gvk, IntoObject, Kind, ObjectKey, ToObject};
 pub use output::{EventType, Output, Target};
 pub use plugin::{Mapping, Metadata, Plugin};
 pub use request::Request;
+
+/// In wasm, plugins allocate from a bump arena sized for one call (see `arena.rs`; the
+/// default `arena` feature).
+#[cfg(all(target_arch = "wasm32", feature = "arena"))]
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena::new();
 
 /// The k8s-openapi crate the SDK's types come from (API version `v1_37`), so a plugin
 /// need not pick a version feature itself.

@@ -98,6 +98,19 @@ impl Error {
 
 /// Checks `raw` for a plugin declaring `meta`, reconciling the primary `primary` (JSON).
 ///
+/// # Guarantees
+/// Whatever `raw` holds, this returns (the `check_output` and `mutation_json` fuzz
+/// targets in `fuzz/` hold it to that). An accepted output has, for the applier:
+/// - objects (`apply`, `create`, `update`, `updateStatus`) that are JSON objects whose
+///   `metadata` is an object, with a non-empty `apiVersion`, `kind` and `metadata.name`
+///   (or, for `create`, `metadata.generateName`), of a kind the plugin may write, naming
+///   no namespace outside the primary's scope;
+/// - merge patches that are JSON objects whose `metadata`, if present, is an object or
+///   `null`, and targets with an `apiVersion`, `kind` and name, likewise declared and in
+///   scope;
+/// - events with a reason of 1–128 bytes and a note of at most 1024; conditions with a
+///   type and a reason.
+///
 /// # Errors
 /// The first problem found, as an [`Error`] naming the mutation, event or condition.
 pub fn output(
@@ -209,6 +222,18 @@ impl Ctx<'_> {
                         "the patch must be a JSON object",
                     ));
                 }
+                // The applier adds the resourceVersion and uid preconditions under
+                // `metadata`; `null` (a patch removing it) becomes an object.
+                if patch
+                    .get("metadata")
+                    .is_some_and(|m| !m.is_object() && !m.is_null())
+                {
+                    return Err(malformed(
+                        index,
+                        "mergePatch",
+                        "the patch's metadata must be a JSON object",
+                    ));
+                }
                 Mutation::MergePatch { target, patch }
             }
             RawMutation::Delete(target) => {
@@ -236,8 +261,11 @@ impl Ctx<'_> {
             verb,
             source,
         })?;
+        // Plain key walks: `Value::pointer` unescapes (allocates) every segment.
         let field = |path: &str| {
-            obj.pointer(path)
+            path.split('/')
+                .skip(1)
+                .try_fold(&obj, |v, key| v.get(key))
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         };
@@ -450,6 +478,36 @@ mod tests {
             check_for(TENANT, unnamed).is_ok(),
             "without a namespace the applier decides, knowing the kind's scope"
         );
+    }
+
+    fn merge_patch(patch: &str) -> RawMutation {
+        let target = Target {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            namespace: None,
+            name: "w".into(),
+            resource_version: None,
+        };
+        RawMutation::MergePatch(target, patch.into())
+    }
+
+    #[test]
+    fn a_merge_patch_whose_metadata_is_not_an_object_is_refused() {
+        // Found by the `check_output` fuzz target: the applier adds its preconditions
+        // with `patch["metadata"]["resourceVersion"] = …`, which panics unless
+        // `metadata` is an object or null.
+        for metadata in [r#""x""#, "7", "[]", "true"] {
+            let err = check(merge_patch(&format!(r#"{{"metadata":{metadata}}}"#))).unwrap_err();
+            assert_eq!(err.metric_label(), "malformed_object", "{metadata}: {err}");
+            assert!(err.to_string().contains("metadata"), "{err}");
+        }
+        for ok in [
+            r#"{"metadata":{"labels":{"a":"b"}}}"#,
+            r#"{"metadata":null}"#,
+            "{}",
+        ] {
+            assert!(check(merge_patch(ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -84,10 +84,12 @@ pub fn primary_status(
         }
         status["conditions"] = merge_conditions(base.as_ref(), conditions, generation, now);
     } else if plugin_status.is_some()
+        && status.is_object()
         && status.get("conditions").is_none()
         && let Some(c) = current.get("conditions")
     {
-        // A plugin status without conditions keeps the conditions already there.
+        // A plugin status without conditions keeps the conditions already there. A status
+        // that is not an object is left as the plugin wrote it, for the API server to judge.
         status["conditions"] = c.clone();
     }
     (status != current).then_some(status)
@@ -125,6 +127,26 @@ mod tests {
         let merged = merge_conditions(Some(&existing), &[cond(ConditionStatus::True)], None, "t");
         assert_eq!(merged.as_array().unwrap().len(), 2);
         assert_eq!(merged[0]["type"], "Synced");
+    }
+
+    #[test]
+    fn a_plugin_status_that_is_not_an_object_does_not_panic() {
+        // Indexing a JSON string or number with `status["conditions"] = …` panics; a
+        // plugin's `updateStatus` of its primary may carry any `status`.
+        let primary = json!({"metadata": {"generation": 1},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        for odd in [json!("x"), json!(7), json!([1]), json!(true)] {
+            let plugin = json!({"status": odd});
+            assert_eq!(
+                primary_status(&primary, Some(&plugin), &[], "t"),
+                Some(odd.clone()),
+                "left as written: {odd}"
+            );
+            let merged =
+                primary_status(&primary, Some(&plugin), &[cond(ConditionStatus::True)], "t")
+                    .unwrap();
+            assert_eq!(merged["conditions"][0]["type"], "Ready", "{odd}");
+        }
     }
 
     #[test]

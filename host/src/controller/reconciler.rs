@@ -497,7 +497,7 @@ impl Reconciler {
         let event = Event {
             event_type: EventType::Warning,
             reason: "ReconcileFailed".into(),
-            note: format!("plugin {} {fault}", plugin.name()),
+            note: failure_note(plugin.name(), &fault),
         };
         self.event(plugin, primary, event).await;
         match fault {
@@ -559,6 +559,31 @@ impl Reconciler {
     }
 }
 
+/// The note of the Warning Event for a failed call: the fault as it displays, except that
+/// a trap is described by its cause and the plugin's last error log (its panic message,
+/// say) without wasmtime's wasm backtrace, which the log line keeps: a backtrace would
+/// fill the Event's note (cut at 1000 bytes) before it says what happened.
+fn failure_note(plugin: &str, fault: &Fault) -> String {
+    match fault {
+        Fault::Sandbox(crate::sandbox::Error::Trapped {
+            last_error_log,
+            source,
+            ..
+        }) => {
+            let mut cause: &(dyn std::error::Error + 'static) = source.as_ref();
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let log = last_error_log
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
+            format!("plugin {plugin} trapped: {cause}{log}")
+        }
+        _ => format!("plugin {plugin} {fault}"),
+    }
+}
+
 fn key_of(o: &super::store::Stored) -> Option<ObjectKey> {
     Some(ObjectKey {
         namespace: o.namespace().map(str::to_owned),
@@ -590,6 +615,35 @@ fn jittered(period: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trap_event_names_the_trap_and_the_panic_not_the_backtrace() {
+        let frames = (0..40)
+            .map(|i| format!("    {i}: 0x{i:x} - plugin.wasm!std::panicking::frame_{i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let error = wasmtime::Error::from(wasmtime::Trap::UnreachableCodeReached).context(format!(
+            "error while executing at wasm backtrace:\n{frames}"
+        ));
+        let fault = Fault::Sandbox(crate::sandbox::Error::Trapped {
+            trap: error.to_string(),
+            last_error_log: Some("panicked at src/lib.rs:9:5: hostile panic".into()),
+            source: crate::sandbox::boxed(error),
+        });
+        let note = failure_note("hostile", &fault);
+        assert_eq!(
+            note,
+            "plugin hostile trapped: wasm trap: wasm `unreachable` instruction executed \
+             (panicked at src/lib.rs:9:5: hostile panic)"
+        );
+        let timeout = Fault::Sandbox(crate::sandbox::Error::Timeout {
+            budget: Duration::from_secs(2),
+        });
+        assert_eq!(
+            failure_note("hostile", &timeout),
+            "plugin hostile exceeded its time budget of 2s"
+        );
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

@@ -84,7 +84,8 @@ pub fn draw(all: &[Round], path: &Path) -> Result<(), String> {
         .map_err(|x| e(&x))?;
     let mut mesh = chart.configure_mesh();
     if labels {
-        mesh.x_desc("N (WebApps created before the controller starts)")
+        mesh.x_label_formatter(&|x| format!("{x:.0}"))
+            .x_desc("N (WebApps created before the controller starts)")
             .y_desc("seconds from process start to converged");
     } else {
         mesh.x_labels(0).y_labels(0);

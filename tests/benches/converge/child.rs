@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
-use tracing::subscriber::Interest;
 use tracing::{Metadata, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// Which controller a child runs.
@@ -203,31 +203,16 @@ async fn counting_client(path: &str, requests: Arc<Requests>) -> kube::Client {
 type Starts = Arc<Mutex<Vec<(String, u64)>>>;
 
 /// Records the creation of rekon's `reconcile` span (one per reconcile, created when the
-/// queue hands out the key) with its `key` field. Every other callsite is disabled, so
-/// tracing costs nothing else on either side.
+/// queue hands out the key) with its `key` field. Its filter enables that span alone.
 struct ReconcileSpans {
     starts: Starts,
 }
 
-impl ReconcileSpans {
-    fn wanted(meta: &Metadata<'_>) -> bool {
-        meta.is_span() && meta.name() == "reconcile" && meta.target().starts_with("rekon_host")
-    }
+fn reconcile_span(meta: &Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == "reconcile" && meta.target().starts_with("rekon_host")
 }
 
 impl<S: Subscriber> Layer<S> for ReconcileSpans {
-    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if Self::wanted(meta) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        Self::wanted(meta)
-    }
-
     fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
         struct Key(Option<String>);
         impl Visit for Key {
@@ -294,10 +279,21 @@ pub fn main(side: Side) {
     let env = Env::from_env();
     let starts: Starts = Arc::default();
     let requests = Arc::new(Requests::default());
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(ReconcileSpans {
-        starts: starts.clone(),
-    }))
-    .expect("the only subscriber");
+    // Only the reconcile span and warnings (to stderr, e.g. a failing write) are enabled,
+    // so tracing costs next to nothing on either side.
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            ReconcileSpans {
+                starts: starts.clone(),
+            }
+            .with_filter(filter_fn(reconcile_span)),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(LevelFilter::WARN),
+        );
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,7 +25,8 @@
 //! Run: `cargo bench -p rekon-tests --bench converge`. Environment:
 //! `CONVERGE_N` (comma list, default `1000`), `CONVERGE_REPS` (default 3),
 //! `CONVERGE_CONCURRENCY` (reconciles at once, default 4 = rekon's default),
-//! `CONVERGE_UPDATES` (default 200), `CONVERGE_RATE` (updates/s, default 40),
+//! `CONVERGE_UPDATES` (default 100), `CONVERGE_RATE` (updates/s, default 10: light load,
+//! each update costs both sides about three reconciles and six requests),
 //! `CONVERGE_OUT` (results JSON, default `$CARGO_TARGET_DIR/rekon-bench/converge.json`),
 //! `CONVERGE_CHART` (PNG, default next to the JSON), `CONVERGE_FROM` (skip the runs:
 //! summarise and chart an earlier results JSON).
@@ -54,7 +55,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TIMEOUT: Duration = Duration::from_secs(900);
+const TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Settings {
     sizes: Vec<usize>,
@@ -84,10 +85,10 @@ impl Settings {
                 .collect(),
             reps: num("CONVERGE_REPS", 3).max(1),
             concurrency: num("CONVERGE_CONCURRENCY", 4).max(1),
-            updates: num("CONVERGE_UPDATES", 200),
+            updates: num("CONVERGE_UPDATES", 100),
             rate: var("CONVERGE_RATE")
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(40.0),
+                .unwrap_or(10.0),
             chart: var("CONVERGE_CHART")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| out.with_extension("png")),
@@ -111,10 +112,21 @@ struct Round {
     reconciles: usize,
     /// API requests until convergence, by verb.
     requests: BTreeMap<String, u64>,
+    /// Spawn → the last reconcile start before the controller went quiet, s.
+    settle_s: f64,
+    /// Reconciles started until quiet.
+    settle_reconciles: usize,
+    /// API requests until quiet (all verbs).
+    settle_requests: u64,
     /// API requests during the latency phase (all verbs).
     latency_phase_requests: u64,
-    /// Event→reconcile latencies of the paced updates, ms, sorted.
+    /// Event→reconcile latencies of the paced updates, from the update being sent, ms,
+    /// sorted.
     latencies_ms: Vec<f64>,
+    /// The same from the update's response arriving (0 when the reconcile started
+    /// first), ms, sorted.
+    #[serde(default)]
+    after_response_ms: Vec<f64>,
     /// Round trip of the update requests themselves, ms (median).
     update_rtt_ms: f64,
     /// Child RSS at convergence, KiB.
@@ -181,9 +193,14 @@ fn run(settings: &Settings) -> Results {
 
     let mut rounds = Vec::new();
     runtime.block_on(async {
-        let cp = ControlPlane::start(ControlPlaneOptions::default())
-            .await
-            .expect("the control plane starts");
+        // Every WebApp gets a Service, and the control plane's default service range
+        // (a /24) runs out of cluster IPs after 253 of them.
+        let cp = ControlPlane::start(ControlPlaneOptions {
+            apiserver_args: vec!["--service-cluster-ip-range=10.96.0.0/16".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("the control plane starts");
         let client = cp.client().await.expect("a client");
         let crd = std::fs::read_to_string(plugins::workspace().join("plugins/webapp/crd.yaml"))
             .expect("the CRD reads");
@@ -468,11 +485,33 @@ async fn round(
     let converge_s = (converged - spawned).as_secs_f64();
     let first = proc.report();
 
+    // The controller keeps working after convergence (its own writes come back as watch
+    // events); wait until no reconcile has started for a second.
+    let mut settle_reconciles = first.reconciles.len();
+    let mut last_start = first.reconciles.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    let mut quiet_since = Instant::now();
+    let settled_report = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let report = proc.report();
+        if let Some(latest) = report.reconciles.iter().map(|(_, t)| *t).max() {
+            settle_reconciles += report.reconciles.len();
+            last_start = last_start.max(latest);
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_secs(1) {
+            break report;
+        }
+        assert!(
+            quiet_since.elapsed() < TIMEOUT,
+            "the controller never settles"
+        );
+    };
+    let settle_s = last_start.saturating_sub(spawn_wall) as f64 / 1e6;
+
     // Phase 2: paced updates against an idle controller.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before_latency = proc.report();
+    let before_latency = settled_report;
     let k = settings.updates.min(n);
-    let mut sent: HashMap<String, u64> = HashMap::new();
+    // Key → (wall µs when the update was sent, when its response arrived).
+    let mut sent: HashMap<String, (u64, u64)> = HashMap::new();
     let mut wanted: HashMap<String, i64> = HashMap::new();
     let mut rtts = Vec::new();
     let period = Duration::from_secs_f64(1.0 / settings.rate.max(0.1));
@@ -491,7 +530,7 @@ async fn round(
             .await
             .expect("the update is accepted");
         rtts.push(began.elapsed().as_secs_f64() * 1e3);
-        sent.insert(format!("{}/{name}", ns.name()), at);
+        sent.insert(format!("{}/{name}", ns.name()), (at, wall_us()));
         wanted.insert(name, patched.metadata.generation.unwrap_or(0));
     }
     wait_for("the updates to be reconciled", &seen, |s| {
@@ -510,18 +549,35 @@ async fn round(
         .iter()
         .filter(|(_, t)| *t <= converged_wall)
         .count();
-    let mut latencies_ms: Vec<f64> = sent
+    // The first reconcile of each updated key after its update was sent.
+    let firsts: Vec<(u64, u64, u64)> = sent
         .iter()
-        .filter_map(|(key, at)| {
+        .filter_map(|(key, &(at, answered))| {
             after_latency
                 .reconciles
                 .iter()
-                .filter(|(k, t)| k == key && t >= at)
-                .map(|(_, t)| (t - at) as f64 / 1e3)
-                .reduce(f64::min)
+                .filter(|(k, t)| k == key && *t >= at)
+                .map(|(_, t)| *t)
+                .min()
+                .map(|t| (at, answered, t))
         })
         .collect();
-    latencies_ms.sort_by(f64::total_cmp);
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let latencies_ms = sorted(
+        firsts
+            .iter()
+            .map(|(at, _, t)| (t - at) as f64 / 1e3)
+            .collect(),
+    );
+    let after_response_ms = sorted(
+        firsts
+            .iter()
+            .map(|(_, answered, t)| t.saturating_sub(*answered) as f64 / 1e3)
+            .collect(),
+    );
     let sum = |r: &Report| r.requests.values().sum::<u64>();
     let round = Round {
         side,
@@ -531,8 +587,12 @@ async fn round(
         startup_s: started_wall.saturating_sub(spawn_wall) as f64 / 1e6,
         reconciles,
         requests: first.requests.clone(),
+        settle_s,
+        settle_reconciles,
+        settle_requests: sum(&before_latency),
         latency_phase_requests: sum(&after_latency) - sum(&before_latency),
         latencies_ms,
+        after_response_ms,
         update_rtt_ms: stats::median(&mut rtts),
         rss_kib: first.rss_kib,
         hwm_kib: after_latency.hwm_kib,

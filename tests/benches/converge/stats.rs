@@ -67,13 +67,26 @@ const FIGURES: &[Figure] = &[
     ("API requests per object", "", |r| {
         r.total_requests() as f64 / r.n as f64
     }),
+    ("settled (no reconcile for 1 s)", "s", |r| r.settle_s),
+    ("reconciles until settled", "", |r| {
+        r.settle_reconciles as f64
+    }),
+    ("API requests until settled", "", |r| {
+        r.settle_requests as f64
+    }),
     ("event→reconcile p50", "ms", |r| {
         percentile(&r.latencies_ms, 50.0)
     }),
     ("event→reconcile p99", "ms", |r| {
         percentile(&r.latencies_ms, 99.0)
     }),
-    ("  update round trip (in both)", "ms", |r| r.update_rtt_ms),
+    ("  after the update's response p50", "ms", |r| {
+        percentile(&r.after_response_ms, 50.0)
+    }),
+    ("  after the update's response p99", "ms", |r| {
+        percentile(&r.after_response_ms, 99.0)
+    }),
+    ("  update round trip (median)", "ms", |r| r.update_rtt_ms),
     ("requests per update", "", |r| {
         r.latency_phase_requests as f64 / r.latencies_ms.len().max(1) as f64
     }),

@@ -19,13 +19,17 @@
 //!   page-faults its memory in again);
 //! - `on-demand`: no pooling allocator (mmap per instance).
 //!
-//! Every strategy gives each call fresh, isolated state; none reuses an instance.
+//! Every strategy gives each call fresh, isolated state; none reuses an instance. For
+//! reference, two columns marked `*` keep one instance for all calls (not isolated; see
+//! `floor.rs`), with and without epoch interruption (`CALL_REUSED=0` leaves them out).
 //!
 //! Run: `cargo bench -p rekon-tests --bench call` (prints figures; asserts nothing).
 //! Environment: `CALL_SIZES` (KB, default `1,4,64`), `CALL_RELATED` (default `0,10,100`),
 //! `CALL_STRATEGIES` (default all), `CALL_ROUNDS` (default 15), `CALL_TIME_MS` (target time
-//! per round, default 40), `CALL_PROFILE=STRATEGY:KB:RELATED:SECONDS` (loop one cell — or `native` — for
+//! per round, default 40), `CALL_PROFILE=STRATEGY:KB:RELATED:SECONDS` (loop one cell — or `native`, `checks` — for
 //! `perf record`, with a perf map of the guest's functions).
+
+mod floor;
 
 use rekon_host::contract::Request;
 use rekon_host::plugin::{Artifacts, Loaded, Loader};
@@ -38,14 +42,16 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Strategy {
     Fresh,
+    NoInline,
     Memset,
     Madvise,
     OnDemand,
 }
 
 impl Strategy {
-    const ALL: [Strategy; 4] = [
+    const ALL: [Strategy; 5] = [
         Strategy::Fresh,
+        Strategy::NoInline,
         Strategy::Memset,
         Strategy::Madvise,
         Strategy::OnDemand,
@@ -54,6 +60,7 @@ impl Strategy {
     fn name(self) -> &'static str {
         match self {
             Strategy::Fresh => "fresh",
+            Strategy::NoInline => "no-inlining",
             Strategy::Memset => "memset",
             Strategy::Madvise => "madvise",
             Strategy::OnDemand => "on-demand",
@@ -67,6 +74,10 @@ impl Strategy {
         };
         match self {
             Strategy::Fresh => base,
+            Strategy::NoInline => sandbox::Config {
+                inlining: false,
+                ..base
+            },
             Strategy::Memset => sandbox::Config {
                 pagemap_scan: false,
                 ..base
@@ -160,6 +171,7 @@ struct Settings {
     strategies: Vec<Strategy>,
     rounds: usize,
     round_time: Duration,
+    reused: bool,
 }
 
 fn list(var: &str, default: &str) -> Vec<String> {
@@ -189,18 +201,23 @@ impl Settings {
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect(),
-            strategies: list("CALL_STRATEGIES", "fresh,memset,madvise,on-demand")
-                .iter()
-                .filter_map(|s| Strategy::ALL.into_iter().find(|x| x.name() == s))
-                .collect(),
+            strategies: list(
+                "CALL_STRATEGIES",
+                "fresh,no-inlining,memset,madvise,on-demand",
+            )
+            .iter()
+            .filter_map(|s| Strategy::ALL.into_iter().find(|x| x.name() == s))
+            .collect(),
             rounds: num("CALL_ROUNDS", 15).max(3) as usize,
+            reused: num("CALL_REUSED", 1) != 0,
             round_time: Duration::from_millis(num("CALL_TIME_MS", 40)),
         }
     }
 }
 
-/// Median over rounds of the mean time per call in a round; rounds are sized to take
-/// about `round_time` each.
+/// The lowest mean time per call over the rounds; rounds are sized to take about
+/// `round_time` each. On a shared 2-core machine the lowest round is the steadiest
+/// figure (other processes only ever add time).
 fn measure(settings: &Settings, mut f: impl FnMut()) -> Duration {
     let warm = Instant::now();
     let mut calls = 0u32;
@@ -209,7 +226,7 @@ fn measure(settings: &Settings, mut f: impl FnMut()) -> Duration {
         calls += 1;
     }
     let per_round = calls.max(10);
-    let mut rounds: Vec<Duration> = (0..settings.rounds)
+    (0..settings.rounds)
         .map(|_| {
             let start = Instant::now();
             for _ in 0..per_round {
@@ -217,9 +234,8 @@ fn measure(settings: &Settings, mut f: impl FnMut()) -> Duration {
             }
             start.elapsed() / per_round
         })
-        .collect();
-    rounds.sort();
-    rounds[rounds.len() / 2]
+        .min()
+        .unwrap_or_default()
 }
 
 fn load(strategy: Strategy, perf_map: bool) -> Loaded {
@@ -276,6 +292,16 @@ fn profile(spec: &str) {
         .find(|s| s.name() == strategy)
         .map(|s| load(s, true));
     println!("profiling {spec} (pid {})", std::process::id());
+    if strategy == "checks" {
+        let settings = Settings {
+            round_time: Duration::from_secs(seconds.parse().expect("seconds")),
+            rounds: 3,
+            ..Settings::from_env()
+        };
+        let t = checks_alone(&settings, &load(Strategy::Fresh, false), &native_req);
+        println!("checks alone: {:.2} µs", us(t));
+        return;
+    }
     let until = Instant::now() + Duration::from_secs(seconds.parse().expect("seconds"));
     let mut calls = 0u64;
     while Instant::now() < until {
@@ -288,6 +314,51 @@ fn profile(spec: &str) {
         calls += 1;
     }
     println!("{calls} calls");
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The host's output checks alone, on the output the webapp logic gives for `req`.
+fn checks_alone(settings: &Settings, plugin: &Loaded, native_req: &wit::Request) -> Duration {
+    let out = rekon_sdk::raw::reconcile::<webapp::WebAppPlugin>(native_req.clone())
+        .expect("the webapp logic succeeds");
+    let raw = sandbox::RawOutput {
+        mutations: out
+            .mutations
+            .into_iter()
+            .map(|m| match m {
+                wit::Mutation::Apply(s) => sandbox::RawMutation::Apply(s),
+                wit::Mutation::UpdateStatus(s) => sandbox::RawMutation::UpdateStatus(s),
+                other => unreachable!("webapp does not emit {other:?}"),
+            })
+            .collect(),
+        requeue_after_ms: out.requeue_after_ms,
+        events: vec![],
+        conditions: out
+            .conditions
+            .into_iter()
+            .map(|c| rekon_host::contract::Condition {
+                condition_type: c.condition_type,
+                status: rekon_host::contract::ConditionStatus::False,
+                reason: c.reason,
+                message: c.message,
+            })
+            .collect(),
+        prune: out.prune,
+    };
+    measure(settings, || {
+        let checked = rekon_host::apply::check::output(
+            raw.clone(),
+            &plugin.metadata,
+            &native_req.primary,
+            &plugin.limits,
+        );
+        assert!(checked.is_ok());
+    })
 }
 
 fn us(d: Duration) -> f64 {
@@ -304,14 +375,34 @@ fn main() {
         .iter()
         .map(|&s| (s, load(s, false)))
         .collect();
+    let wasm_bytes = rekon_tests::plugins::bytes("webapp");
+    let mut reused: Vec<(&str, floor::Reused)> = if settings.reused {
+        vec![
+            ("reused", floor::Reused::new(&wasm_bytes, true, true)),
+            (
+                "reused, no epoch",
+                floor::Reused::new(&wasm_bytes, false, true),
+            ),
+            (
+                "reused, no inlining",
+                floor::Reused::new(&wasm_bytes, true, false),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
     let cache: Arc<dyn sandbox::CacheView> = Arc::new(NoCache);
     println!(
-        "reconcile call cost: webapp plugin, median of {} round means (µs per call; × = ratio to native)",
-        settings.rounds
+        "reconcile call cost: webapp plugin, lowest of {} round means (µs per call; × = ratio to native); load average {}",
+        settings.rounds,
+        load_average()
     );
     print!("{:>7} {:>7} {:>9}", "primary", "related", "native");
     for (s, _) in &plugins {
         print!(" {:>17}", s.name());
+    }
+    for (name, _) in &reused {
+        print!(" {:>17}", format!("{name}*"));
     }
     println!();
     let mut breakdown = Vec::new();
@@ -335,23 +426,45 @@ fn main() {
                     t.as_secs_f64() / native_t.as_secs_f64()
                 );
                 if *s == Strategy::Fresh {
-                    breakdown.push((kb, n, native_t, t, phases(plugin, &req, &cache)));
+                    let checks = checks_alone(&settings, plugin, &native_req);
+                    breakdown.push((kb, n, t, phases(plugin, &req, &cache), checks));
                 }
+            }
+            for (_, instance) in &mut reused {
+                let t = measure(&settings, || instance.call(&req.primary, &req.related));
+                print!(
+                    " {:>9.1} {:>5.2}×",
+                    us(t),
+                    t.as_secs_f64() / native_t.as_secs_f64()
+                );
             }
             println!();
         }
+    }
+    if !reused.is_empty() {
+        println!(
+            "* not isolated: one instance kept across calls (wasmtime directly, no host checks) — \
+             the floor no per-call setup or reset would reach"
+        );
     }
     if !breakdown.is_empty() {
         println!(
             "\nwhere a `fresh` call's time goes (µs; total as above, phases medians of 201 calls):"
         );
         println!(
-            "{:>7} {:>7} {:>9} {:>12} {:>9} {:>9} {:>18}",
-            "primary", "related", "total", "instantiate", "run", "teardown", "convert + checks"
+            "{:>7} {:>7} {:>9} {:>12} {:>9} {:>9} {:>18} {:>14}",
+            "primary",
+            "related",
+            "total",
+            "instantiate",
+            "run",
+            "teardown",
+            "convert + checks",
+            "checks alone"
         );
-        for (kb, n, _, total, (p, outside)) in breakdown {
+        for (kb, n, total, (p, outside), checks) in breakdown {
             println!(
-                "{:>5}KB {:>7} {:>9.1} {:>12.1} {:>9.1} {:>9.1} {:>18.1}",
+                "{:>5}KB {:>7} {:>9.1} {:>12.1} {:>9.1} {:>9.1} {:>18.1} {:>14.1}",
                 kb,
                 n,
                 us(total),
@@ -359,6 +472,7 @@ fn main() {
                 us(p.run),
                 us(p.teardown),
                 us(outside),
+                us(checks),
             );
         }
     }
