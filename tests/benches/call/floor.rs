@@ -63,8 +63,8 @@ pub struct Reused {
 }
 
 impl Reused {
-    /// Compiles `wasm` (with Cranelift's inliner if `inlining`, as the host does by
-    /// default) and instantiates it once; `epoch` arms epoch interruption with a deadline
+    /// Compiles `wasm` (with Cranelift's inliner if `inlining`, which the host leaves off
+    /// by default) and instantiates it once; `epoch` arms epoch interruption with a deadline
     /// that is never reached (the checks run, nothing interrupts).
     pub fn new(wasm: &[u8], epoch: bool, inlining: bool) -> Self {
         let mut config = Config::new();

@@ -11,17 +11,19 @@
 //!
 //! Sandbox strategies (each its own engine):
 //! - `fresh`: the host's default — a fresh store and instance per call from the pooling
-//!   allocator, 2 MiB of each slot kept resident, written pages found with PAGEMAP_SCAN
-//!   and reset to the pristine image when the slot is recycled;
-//! - `memset`: as `fresh` but resetting by `memset` of the whole resident prefix (the
-//!   default before issue 7);
+//!   allocator, 4 MiB of each slot kept resident, the pages the call wrote found with
+//!   PAGEMAP_SCAN and reset to the pristine image when the slot is recycled;
+//! - `inlining`: as `fresh`, the plugin compiled with Cranelift's inliner;
+//! - `memset`: as `fresh` but resetting by `memset` of the whole resident prefix (how
+//!   slots were reset before issue 7);
 //! - `madvise`: pooling with nothing kept resident (reset by `madvise`, so every call
 //!   page-faults its memory in again);
 //! - `on-demand`: no pooling allocator (mmap per instance).
 //!
 //! Every strategy gives each call fresh, isolated state; none reuses an instance. For
-//! reference, two columns marked `*` keep one instance for all calls (not isolated; see
-//! `floor.rs`), with and without epoch interruption (`CALL_REUSED=0` leaves them out).
+//! reference, three columns marked `*` keep one instance for all calls (not isolated, no
+//! host checks; see `floor.rs`): with epoch interruption, without it, and with inlining
+//! (`CALL_REUSED=0` leaves them out).
 //!
 //! Run: `cargo bench -p rekon-tests --bench call` (prints figures; asserts nothing).
 //! Environment: `CALL_SIZES` (KB, default `1,4,64`), `CALL_RELATED` (default `0,10,100`),
@@ -42,7 +44,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Strategy {
     Fresh,
-    NoInline,
+    Inline,
     Memset,
     Madvise,
     OnDemand,
@@ -51,7 +53,7 @@ enum Strategy {
 impl Strategy {
     const ALL: [Strategy; 5] = [
         Strategy::Fresh,
-        Strategy::NoInline,
+        Strategy::Inline,
         Strategy::Memset,
         Strategy::Madvise,
         Strategy::OnDemand,
@@ -60,7 +62,7 @@ impl Strategy {
     fn name(self) -> &'static str {
         match self {
             Strategy::Fresh => "fresh",
-            Strategy::NoInline => "no-inlining",
+            Strategy::Inline => "inlining",
             Strategy::Memset => "memset",
             Strategy::Madvise => "madvise",
             Strategy::OnDemand => "on-demand",
@@ -74,8 +76,8 @@ impl Strategy {
         };
         match self {
             Strategy::Fresh => base,
-            Strategy::NoInline => sandbox::Config {
-                inlining: false,
+            Strategy::Inline => sandbox::Config {
+                inlining: true,
                 ..base
             },
             Strategy::Memset => sandbox::Config {
@@ -201,13 +203,10 @@ impl Settings {
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect(),
-            strategies: list(
-                "CALL_STRATEGIES",
-                "fresh,no-inlining,memset,madvise,on-demand",
-            )
-            .iter()
-            .filter_map(|s| Strategy::ALL.into_iter().find(|x| x.name() == s))
-            .collect(),
+            strategies: list("CALL_STRATEGIES", "fresh,inlining,memset,madvise,on-demand")
+                .iter()
+                .filter_map(|s| Strategy::ALL.into_iter().find(|x| x.name() == s))
+                .collect(),
             rounds: num("CALL_ROUNDS", 15).max(3) as usize,
             reused: num("CALL_REUSED", 1) != 0,
             round_time: Duration::from_millis(num("CALL_TIME_MS", 40)),
@@ -378,14 +377,14 @@ fn main() {
     let wasm_bytes = rekon_tests::plugins::bytes("webapp");
     let mut reused: Vec<(&str, floor::Reused)> = if settings.reused {
         vec![
-            ("reused", floor::Reused::new(&wasm_bytes, true, true)),
+            ("reused", floor::Reused::new(&wasm_bytes, true, false)),
             (
                 "reused, no epoch",
-                floor::Reused::new(&wasm_bytes, false, true),
+                floor::Reused::new(&wasm_bytes, false, false),
             ),
             (
-                "reused, no inlining",
-                floor::Reused::new(&wasm_bytes, true, false),
+                "reused, inlining",
+                floor::Reused::new(&wasm_bytes, true, true),
             ),
         ]
     } else {

@@ -43,6 +43,7 @@ pub enum Side {
 }
 
 impl Side {
+    /// `rekon` or `native`.
     pub fn name(self) -> &'static str {
         match self {
             Side::Rekon => "rekon",
@@ -50,6 +51,7 @@ impl Side {
         }
     }
 
+    /// The side a [`name`](Self::name) names.
     pub fn parse(s: &str) -> Option<Side> {
         match s {
             "rekon" => Some(Side::Rekon),
@@ -117,7 +119,7 @@ pub fn cpu_ms(pid: &str) -> u64 {
 // Counting API requests
 // ---------------------------------------------------------------------------------------
 
-/// API requests by verb.
+/// API requests by verb, counted as the client sends them.
 #[derive(Default)]
 pub struct Requests {
     counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -239,10 +241,15 @@ impl<S: Subscriber> Layer<S> for ReconcileSpans {
 
 /// Settings the driver passes to a child.
 pub struct Env {
+    /// The admin kubeconfig of the control plane.
     pub kubeconfig: String,
+    /// The round's namespace, the only one the controller watches.
     pub namespace: String,
+    /// Reconciles at once.
     pub concurrency: usize,
+    /// The webapp component.
     pub plugin: PathBuf,
+    /// The precompiled artifact cache.
     pub artifacts: PathBuf,
 }
 

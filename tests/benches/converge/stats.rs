@@ -30,12 +30,16 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Median, min and max of one figure over the rounds of a side.
 #[derive(Debug, Clone, Copy)]
 pub struct Spread {
+    /// The median.
     pub median: f64,
+    /// The lowest value.
     pub min: f64,
+    /// The highest value.
     pub max: f64,
 }
 
 impl Spread {
+    /// The spread of `values`.
     pub fn of(mut values: Vec<f64>) -> Spread {
         let median = median(&mut values);
         Spread {
