@@ -14,7 +14,7 @@
 //!
 //! Idle memory: in the warm process, its RSS with the plugins loaded (kept alive, no call
 //! in flight) minus its RSS before loading them, per plugin; the artifact size for scale.
-//! Artifacts are mapped from their files (file-backed pages count in RSS once touched).
+//! RSS is split into anonymous (private) memory and file-backed pages.
 //!
 //! `LOAD_PLUGINS` sets the count; `LOAD_INLINING=1` compiles with Cranelift's inliner.
 //!
@@ -52,7 +52,7 @@ fn leb128(out: &mut Vec<u8>, mut n: usize) {
     }
 }
 
-/// (RSS, of which anonymous) in KiB: file-backed pages (mapped artifacts) are the rest.
+/// (RSS, of which anonymous) in KiB: file-backed pages are the rest.
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
@@ -163,7 +163,7 @@ fn main() {
         }
     );
     println!(
-        "idle memory per loaded plugin: {per_plugin:.2} MiB RSS, of which {anon_per_plugin:.2} MiB anonymous, the rest mapped artifact pages (process {:.1} → {:.1} MiB; artifact {:.2} MiB on disk)   target ≤ 2 MiB: {}",
+        "idle memory per loaded plugin: {per_plugin:.2} MiB RSS, of which {anon_per_plugin:.2} MiB anonymous, the rest file-backed (process {:.1} → {:.1} MiB; artifact {:.2} MiB on disk)   target ≤ 2 MiB: {}",
         before / 1024.0,
         after / 1024.0,
         artifact_bytes as f64 / count as f64 / (1 << 20) as f64,
