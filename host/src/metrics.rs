@@ -339,6 +339,8 @@ fn result_label(outcome: Outcome) -> &'static str {
         Outcome::SuccessRequeueAfter(_) => "requeue_after",
         Outcome::RetryNow => "requeue",
         Outcome::Failed | Outcome::FailedPermanent => "error",
+        // Never recorded: a deferred lease did not reconcile.
+        Outcome::Deferred => "deferred",
     }
 }
 

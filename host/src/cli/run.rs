@@ -45,7 +45,7 @@ pub struct RunArgs {
     #[arg(long, env = "REKON_NAMESPACE")]
     pub namespace: Option<String>,
     /// Concurrent reconciles per plugin.
-    #[arg(long, env = "REKON_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "REKON_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// How long in-flight reconciles may take to finish on SIGTERM.
     #[arg(long, env = "REKON_GRACE", value_parser = parse_duration, default_value = "20s")]

@@ -60,7 +60,7 @@ impl Default for Config {
             resync_default: Duration::from_secs(600),
             resync_override: None,
             read_your_writes_timeout: Duration::from_secs(10),
-            max_concurrent_reconciles: 4,
+            max_concurrent_reconciles: 16,
             sandbox_slots: 32,
             instance: "rekon".to_owned(),
             namespace: None,

@@ -6,7 +6,10 @@
 //!   slots.
 //! - Before reconciling a key the host waits (bounded by
 //!   [`super::Config::read_your_writes_timeout`]) until the stores hold every object at
-//!   least at the resourceVersion the key's previous writes returned (invariant 4).
+//!   least at the resourceVersion the key's previous writes returned (invariant 4). The
+//!   wait does not hold a worker: the key is set aside and re-added when the stores show
+//!   those writes (or the timeout passes), so a slow watch delays only the keys that
+//!   wrote, never the others.
 //! - A 409 conflict drops the rest of the output and retries promptly on fresh state;
 //!   other failures back off per key and record a Warning event on the primary.
 
@@ -51,6 +54,8 @@ pub struct Reconciler {
     queue: Queue<ObjectKey>,
     stats: Arc<Stats>,
     expectations: Mutex<HashMap<ObjectKey, Vec<Written>>>,
+    /// Keys set aside until the stores show their writes, with the wait's deadline.
+    deferred: Mutex<HashMap<ObjectKey, tokio::time::Instant>>,
     primary: Arc<KindStore>,
     watched: Vec<(KeyMapping, Arc<KindStore>)>,
     shared: Shared,
@@ -77,6 +82,7 @@ impl Reconciler {
             queue,
             stats: Arc::default(),
             expectations: Mutex::default(),
+            deferred: Mutex::default(),
             primary,
             watched,
             thrash: ThrashGuard::new(shared.config.thrash.clone()),
@@ -274,6 +280,11 @@ impl Reconciler {
 
     async fn process(self: Arc<Self>, lease: Lease<ObjectKey>) {
         let key = lease.key().clone();
+        if !self.own_writes_seen(&key) {
+            // Give the worker back; a waiter re-adds the key once the stores show them.
+            lease.done(Outcome::Deferred);
+            return;
+        }
         let plugin = self.plugin();
         let span = tracing::info_span!("reconcile", plugin = %plugin.name(), kind = %plugin.metadata.primary.kind, key = %key);
         let started = tokio::time::Instant::now();
@@ -284,28 +295,66 @@ impl Reconciler {
         lease.done(outcome);
     }
 
-    async fn wait_for_own_writes(&self, key: &ObjectKey) {
-        let writes = self
-            .expectations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key)
-            .unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + self.shared.config.read_your_writes_timeout;
-        for w in writes {
-            let (Some(rv), Some(store)) = (&w.resource_version, self.shared.stores.store(&w.kind))
-            else {
-                continue;
-            };
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.stats.ryw_waits.fetch_add(1, Ordering::Relaxed);
-            if !store
-                .wait_seen(w.namespace.as_deref(), &w.name, rv, left)
-                .await
-            {
-                self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(object = %w.name, resource_version = %rv, "cache did not catch up with our own write in time");
+    /// Whether the stores show every write of `key`'s previous reconciles (invariant 4),
+    /// or the wait for them timed out. When not, one waiter per key re-adds `key` once
+    /// they are seen or at the deadline, and the caller gives its worker back.
+    fn own_writes_seen(self: &Arc<Self>, key: &ObjectKey) -> bool {
+        let mut expectations = self.expectations.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(writes) = expectations.get_mut(key) else {
+            return true;
+        };
+        self.stats
+            .ryw_waits
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        writes.retain(|w| !self.is_seen(w));
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        if writes.is_empty() {
+            expectations.remove(key);
+            deferred.remove(key);
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if let Some(&deadline) = deferred.get(key) {
+            if now < deadline {
+                // Already waited for; re-added when seen.
+                return false;
             }
+            self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
+            for w in writes.iter() {
+                tracing::warn!(object = %w.name, resource_version = ?w.resource_version, "cache did not catch up with our own write in time");
+            }
+            expectations.remove(key);
+            deferred.remove(key);
+            return true;
+        }
+        let deadline = now + self.shared.config.read_your_writes_timeout;
+        deferred.insert(key.clone(), deadline);
+        let pending = writes.clone();
+        let (this, key) = (self.clone(), key.clone());
+        tokio::spawn(async move {
+            for w in &pending {
+                let (Some(rv), Some(store)) =
+                    (&w.resource_version, this.shared.stores.store(&w.kind))
+                else {
+                    continue;
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                store
+                    .wait_seen(w.namespace.as_deref(), &w.name, rv, left)
+                    .await;
+            }
+            // Seen, or the deadline passed: either way the next lease proceeds.
+            this.queue.add(key, Priority::Live);
+        });
+        false
+    }
+
+    /// Whether the stores show `w` (a write without a resourceVersion or of a kind no
+    /// store holds counts as seen: there is nothing to wait for).
+    fn is_seen(&self, w: &Written) -> bool {
+        match (&w.resource_version, self.shared.stores.store(&w.kind)) {
+            (Some(rv), Some(store)) => store.seen(w.namespace.as_deref(), &w.name, rv),
+            _ => true,
         }
     }
 
@@ -314,7 +363,6 @@ impl Reconciler {
             tracing::debug!(?left, "held by the thrash guard");
             return Outcome::SuccessRequeueAfter(left);
         }
-        self.wait_for_own_writes(key).await;
         let Some(stored) = self.primary.get(key.namespace.as_deref(), &key.name) else {
             return Outcome::Success;
         };

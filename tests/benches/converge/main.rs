@@ -24,7 +24,7 @@
 //!
 //! Run: `cargo bench -p rekon-tests --bench converge`. Environment:
 //! `CONVERGE_N` (comma list, default `1000`), `CONVERGE_REPS` (default 3),
-//! `CONVERGE_CONCURRENCY` (reconciles at once, default 4 = rekon's default),
+//! `CONVERGE_CONCURRENCY` (reconciles at once, default 4, the same on both sides),
 //! `CONVERGE_UPDATES` (default 100), `CONVERGE_RATE` (updates/s, default 10: light load,
 //! each update costs both sides about three reconciles and six requests),
 //! `CONVERGE_OUT` (results JSON, default `$CARGO_TARGET_DIR/rekon-bench/converge.json`),
@@ -32,10 +32,14 @@
 //! summarise and chart an earlier results JSON).
 
 mod chart;
+#[path = "../shared/child.rs"]
+#[allow(dead_code)] // `ChildProc::pid` serves the sustain bench
 mod child;
+#[path = "../shared/figures.rs"]
+mod figures;
 mod stats;
 
-use child::{Env, Report, Side, wall_us};
+use child::{ChildProc, Env, Report, Side, wall_us};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -49,9 +53,7 @@ use rekon_tests::plugins;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -390,55 +392,6 @@ fn webapp(name: &str) -> DynamicObject {
     .expect("a literal WebApp")
 }
 
-/// The child process and its stdout lines.
-struct ChildProc {
-    process: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl ChildProc {
-    fn spawn(env: &Env, side: Side) -> Self {
-        let mut process = Command::new(std::env::current_exe().expect("the bench binary"))
-            .envs(env.vars(side))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the controller process starts");
-        let stdout = process.stdout.take().expect("piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { process, lines }
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(TIMEOUT)
-            .expect("the controller process answers")
-    }
-
-    fn report(&mut self) -> Report {
-        let stdin = self.process.stdin.as_mut().expect("piped");
-        writeln!(stdin, "report").expect("the controller process reads");
-        stdin.flush().expect("flushed");
-        serde_json::from_str(&self.line()).expect("a report")
-    }
-
-    fn quit(mut self) {
-        if let Some(mut stdin) = self.process.stdin.take() {
-            let _ = writeln!(stdin, "quit");
-        }
-        let _ = self.process.wait();
-    }
-}
-
 async fn round(
     client: &kube::Client,
     mut env: Env,
@@ -475,7 +428,7 @@ async fn round(
     // Phase 1: convergence from a cold start.
     let spawn_wall = wall_us();
     let spawned = Instant::now();
-    let mut proc = ChildProc::spawn(&env, side);
+    let mut proc = ChildProc::spawn(&env, side, TIMEOUT);
     let started_wall: u64 = proc
         .line()
         .strip_prefix("started ")

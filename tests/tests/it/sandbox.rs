@@ -384,4 +384,33 @@ fn compiled_artifacts_are_reused_from_the_cache() {
     let third = loader.load_file(&plugins::path("webapp")).unwrap();
     assert_eq!(third.origin, plugin::Origin::Compiled);
     assert!(Path::new(&plugins::path("webapp")).exists());
+    // The plugins loaded before the file was changed in place (and truncated) run the
+    // code they were loaded with: what is mapped is a private copy, not the cache file.
+    let webapp = json!({
+        "apiVersion": "rekon.dev/v1alpha1", "kind": "WebApp",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "generation": 1, "resourceVersion": "1"},
+        "spec": {"image": "nginx:1.27", "replicas": 2, "port": 8080},
+    });
+    let req = Request {
+        primary: webapp.to_string(),
+        related: vec![],
+        settings: "{}".into(),
+    };
+    for (which, loaded) in [
+        ("compiled", &first),
+        ("cached", &second),
+        ("recompiled", &third),
+    ] {
+        let out = loaded
+            .reconcile(&req, Clock::System, Arc::new(NoCache))
+            .result
+            .unwrap_or_else(|f| {
+                panic!("the {which} plugin runs after the artifact changed: {f:?}")
+            });
+        assert_eq!(
+            out.mutations.len(),
+            3,
+            "{which}: Deployment, Service, status"
+        );
+    }
 }

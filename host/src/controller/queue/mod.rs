@@ -122,6 +122,9 @@ pub enum Outcome {
     /// Failure that retrying will not fix: no retry until the key is added again. The failure
     /// count is reset.
     FailedPermanent,
+    /// Not run now: whoever deferred the key adds it again. Until then the queue forgets
+    /// it, as after a permanent failure (its failure count included); no retry counted.
+    Deferred,
 }
 
 /// The shared state behind a [`Queue`] and its [`Lease`]s.
@@ -656,6 +659,26 @@ mod tests {
         queue.add("a", Priority::Live);
         lease.done(Outcome::FailedPermanent);
         assert!(ready_now(&queue).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_key_waits_for_whoever_deferred_it() {
+        let queue = queue(1);
+        queue.add("a", Priority::Live);
+        ready_now(&queue)
+            .expect("the key is ready")
+            .done(Outcome::Deferred);
+        assert!(nothing_for(&queue, HOUR).await);
+        assert_eq!(queue.retries_total(), 0);
+        queue.add("a", Priority::Live);
+        let lease = ready_now(&queue).expect("added again, it runs");
+        // Added again while deferring (the waiter was quicker): runs right after.
+        queue.add("a", Priority::Live);
+        lease.done(Outcome::Deferred);
+        ready_now(&queue)
+            .expect("runs again")
+            .done(Outcome::Success);
+        queue.check_invariants();
     }
 
     /// Spawns a worker that waits in `next` and reports its key and when it got it.

@@ -340,6 +340,7 @@ impl<K: Key> State<K> {
                 entry.failures = 0;
                 None
             }
+            Outcome::Deferred => None,
         };
         // Dirty: added while it ran; it is due from now, in its place in line.
         if let Some(want) = &mut entry.want {

@@ -312,6 +312,16 @@ impl KindStore {
     /// resulting changes in the order events were applied. Meant to be called by one
     /// writer at a time (calls from several threads are serialised by the store's lock).
     pub fn apply_event(&self, event: Event<DynamicObject>) {
+        if let Event::Apply(obj) | Event::Delete(obj) = &event {
+            // When a live change arrived (benchmarks time event → reconcile from it).
+            tracing::trace!(
+                target: "rekon_host::watch",
+                kind = %self.gvk,
+                namespace = obj.metadata.namespace.as_deref().unwrap_or(""),
+                name = obj.metadata.name.as_deref().unwrap_or(""),
+                "watch event"
+            );
+        }
         // Encode before taking the lock: readers wait only for the index update.
         let step = match event {
             Event::Apply(obj) => self.encode(obj).map(Step::Apply),

@@ -179,7 +179,11 @@ impl Stored {
             return Err(Rejected::NoName);
         }
         Ok(Self {
-            text: text.into_boxed_str(),
+            // A fresh allocation of exactly the text's size, rather than shrinking the
+            // encoding buffer in place: shrinking leaves the buffer's tail as a small free
+            // chunk beside every long-lived object, and a store replacing objects all day
+            // accumulated ~700 B of such holes per object (sustain bench).
+            text: Box::from(text.as_str()),
             json_len,
             namespace,
             name,

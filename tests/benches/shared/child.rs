@@ -22,8 +22,9 @@ use rekon_sdk::raw::wit;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
@@ -70,6 +71,10 @@ pub struct Report {
     pub requests: BTreeMap<String, u64>,
     /// Reconcile starts: (`namespace/name`, wall clock in µs since the Unix epoch).
     pub reconciles: Vec<(String, u64)>,
+    /// rekon only: live watch events as the host's stores received them, (`namespace/name`,
+    /// wall µs), since the previous report.
+    #[serde(default)]
+    pub events: Vec<(String, u64)>,
     /// Resident set size now, KiB.
     pub rss_kib: u64,
     /// Peak resident set size, KiB.
@@ -113,6 +118,74 @@ pub fn cpu_ms(pid: &str) -> u64 {
             .unwrap_or(0)
     };
     (ticks(11) + ticks(12)) * 10
+}
+
+// ---------------------------------------------------------------------------------------
+// The driver's handle on a child
+// ---------------------------------------------------------------------------------------
+
+/// A running child process (the bench binary again, as a controller) and its stdout lines.
+pub struct ChildProc {
+    process: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    timeout: Duration,
+}
+
+impl ChildProc {
+    /// Starts the bench binary as the controller of `side` with `env`'s settings; a line
+    /// not answered within `timeout` fails the bench.
+    pub fn spawn(env: &Env, side: Side, timeout: Duration) -> Self {
+        let mut process = Command::new(std::env::current_exe().expect("the bench binary"))
+            .envs(env.vars(side))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the controller process starts");
+        let stdout = process.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            process,
+            lines,
+            timeout,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// The next line the child prints.
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(self.timeout)
+            .expect("the controller process answers")
+    }
+
+    /// Asks for a [`Report`] and waits for it.
+    pub fn report(&mut self) -> Report {
+        let stdin = self.process.stdin.as_mut().expect("piped");
+        writeln!(stdin, "report").expect("the controller process reads");
+        stdin.flush().expect("flushed");
+        serde_json::from_str(&self.line()).expect("a report")
+    }
+
+    /// Tells the child to quit and waits for it.
+    pub fn quit(mut self) {
+        if let Some(mut stdin) = self.process.stdin.take() {
+            let _ = writeln!(stdin, "quit");
+        }
+        let _ = self.process.wait();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -205,13 +278,16 @@ async fn counting_client(path: &str, requests: Arc<Requests>) -> kube::Client {
 type Starts = Arc<Mutex<Vec<(String, u64)>>>;
 
 /// Records the creation of rekon's `reconcile` span (one per reconcile, created when the
-/// queue hands out the key) with its `key` field. Its filter enables that span alone.
+/// queue hands out the key) with its `key` field, and the host stores' `watch event`
+/// trace events (one per live change received). Its filter enables those alone.
 struct ReconcileSpans {
     starts: Starts,
+    events: Starts,
 }
 
 fn reconcile_span(meta: &Metadata<'_>) -> bool {
-    meta.is_span() && meta.name() == "reconcile" && meta.target().starts_with("rekon_host")
+    (meta.is_span() && meta.name() == "reconcile" && meta.target().starts_with("rekon_host"))
+        || (meta.is_event() && meta.target() == "rekon_host::watch")
 }
 
 impl<S: Subscriber> Layer<S> for ReconcileSpans {
@@ -232,6 +308,31 @@ impl<S: Subscriber> Layer<S> for ReconcileSpans {
                 .unwrap_or_else(|e| e.into_inner())
                 .push((k, wall_us()));
         }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        #[derive(Default)]
+        struct Object {
+            namespace: String,
+            name: String,
+        }
+        impl Visit for Object {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                match field.name() {
+                    "namespace" => self.namespace = value.to_owned(),
+                    "name" => self.name = value.to_owned(),
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+        }
+        let at = wall_us();
+        let mut o = Object::default();
+        event.record(&mut o);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((format!("{}/{}", o.namespace, o.name), at));
     }
 }
 
@@ -285,6 +386,7 @@ impl Env {
 pub fn main(side: Side) {
     let env = Env::from_env();
     let starts: Starts = Arc::default();
+    let events: Starts = Arc::default();
     let requests = Arc::new(Requests::default());
     // Only the reconcile span and warnings (to stderr, e.g. a failing write) are enabled,
     // so tracing costs next to nothing on either side.
@@ -292,6 +394,7 @@ pub fn main(side: Side) {
         .with(
             ReconcileSpans {
                 starts: starts.clone(),
+                events: events.clone(),
             }
             .with_filter(filter_fn(reconcile_span)),
         )
@@ -330,6 +433,9 @@ pub fn main(side: Side) {
                         requests: requests.snapshot(),
                         reconciles: std::mem::take(
                             &mut *starts.lock().unwrap_or_else(|e| e.into_inner()),
+                        ),
+                        events: std::mem::take(
+                            &mut *events.lock().unwrap_or_else(|e| e.into_inner()),
                         ),
                         rss_kib,
                         hwm_kib,
