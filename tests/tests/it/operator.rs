@@ -425,7 +425,8 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
         dir.path(),
         ns.name(),
         "rekon-a",
-        &["--leader-elect", "--grace=3s"],
+        // 4 at a time, so the burst is still running when SIGTERM comes.
+        &["--leader-elect", "--grace=3s", "--concurrency=4"],
     );
     wait_until("rekon-a is ready", WAIT, || async {
         (a.get("/readyz")?.0 == 200 && lease_holder(&client, ns.name()).await.is_some())
@@ -474,6 +475,10 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
         })
         .count();
     println!("children when the first leader exited: {done} of 50");
+    assert!(
+        done < 50,
+        "SIGTERM came after the burst, not during it: nothing left to repair"
+    );
 
     let b = start_rekon(&kc, dir.path(), ns.name(), "rekon-b", &["--leader-elect"]);
     wait_until("the next leader converges all 50", WAIT, || async {
@@ -481,10 +486,11 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
-    let metrics = b
-        .get("/metrics")
-        .unwrap_or_else(|| panic!("rekon-b serves /metrics\n{}", b.log()))
-        .1;
+    let metrics = wait_until("rekon-b serves /metrics", WAIT, || async {
+        b.get("/metrics").map(|(_, body)| body)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
     assert!(metrics.contains("workqueue_adds_total"), "{metrics}");
     assert!(metrics.contains("rekon_cache_objects"), "{metrics}");
 }
