@@ -44,8 +44,9 @@ pub struct RunArgs {
     /// Watch and reconcile namespaced kinds in this namespace only (default: all).
     #[arg(long, env = "REKON_NAMESPACE")]
     pub namespace: Option<String>,
-    /// Concurrent reconciles per plugin.
-    #[arg(long, env = "REKON_CONCURRENCY", default_value_t = 16)]
+    /// Concurrent reconciles per plugin (their wasm calls share the sandbox's slots; the
+    /// rest wait on the API server).
+    #[arg(long, env = "REKON_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// How long in-flight reconciles may take to finish on SIGTERM.
     #[arg(long, env = "REKON_GRACE", value_parser = parse_duration, default_value = "20s")]
