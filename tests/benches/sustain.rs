@@ -605,6 +605,10 @@ fn print_summary(r: &Results) {
     println!(
         "  flat over the whole load (first → last minute within ±5 %): {}; flat after warm-up (second half within ±2 %): {}",
         if flat.abs() <= 5.0 { "yes" } else { "no" },
-        if second_half.abs() <= 2.0 { "yes" } else { "no" }
+        if second_half.abs() <= 2.0 {
+            "yes"
+        } else {
+            "no"
+        }
     );
 }
