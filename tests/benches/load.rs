@@ -20,6 +20,10 @@
 //!
 //! Run: `cargo bench -p rekon-tests --bench load` (prints figures; asserts nothing).
 
+#[path = "shared/procfs.rs"]
+#[allow(dead_code)] // `cpu_ms` serves the converge and sustain benches
+mod procfs;
+
 use rekon_host::plugin::{Artifacts, Loaded, Loader, Origin};
 use rekon_host::sandbox::{self, Sandbox};
 use std::time::{Duration, Instant};
@@ -54,16 +58,10 @@ fn leb128(out: &mut Vec<u8>, mut n: usize) {
 
 /// (RSS, of which anonymous) in KiB: file-backed pages are the rest.
 fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    (
+        procfs::status_kib("self", "VmRSS:"),
+        procfs::status_kib("self", "RssAnon:"),
+    )
 }
 
 fn load_all(loader: &Loader, components: &[Vec<u8>], origin: Origin) -> (Duration, Vec<Loaded>) {

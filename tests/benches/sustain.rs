@@ -34,6 +34,8 @@
 mod child;
 #[path = "shared/figures.rs"]
 mod figures;
+#[path = "shared/procfs.rs"]
+mod procfs;
 
 use child::{ChildProc, Env, Report, Side, wall_us};
 use figures::{median, percentile};
@@ -182,11 +184,8 @@ fn name(i: usize) -> String {
 }
 
 fn main() {
-    if let Some(side) = std::env::var("REKON_BENCH_ROLE")
-        .ok()
-        .and_then(|r| Side::parse(&r))
-    {
-        return child::main(side);
+    if child::run_if_child() {
+        return;
     }
     let settings = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -286,8 +285,9 @@ async fn run(s: &Settings) -> Results {
     host.line(); // started
     let mut initial_reconciles = 0;
     let mut last = Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
     let initial_s = loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        poll.tick().await;
         let report = host.report();
         if !report.reconciles.is_empty() {
             initial_reconciles += report.reconciles.len();
@@ -365,12 +365,11 @@ async fn run(s: &Settings) -> Results {
     let mut samples: Vec<(f64, Report)> = Vec::new();
     let mut prev_cpu = (baseline.cpu_ms, Instant::now());
     let cp_pid = cp.pid().to_string();
-    let mut prev_cp_cpu = child::cpu_ms(&cp_pid);
+    let mut prev_cp_cpu = procfs::cpu_ms(&cp_pid);
     let mut windows_raw: Vec<(f64, usize, usize, f64, f64, f64)> = Vec::new();
-    let mut next = load_started + WINDOW;
+    let mut windows = tokio::time::interval_at((load_started + WINDOW).into(), WINDOW);
     loop {
-        tokio::time::sleep_until(next.into()).await;
-        next += WINDOW;
+        windows.tick().await;
         let mut report = host.report();
         let before = sent.len();
         while let Ok((one, rtt)) = sent_rx.try_recv() {
@@ -381,7 +380,7 @@ async fn run(s: &Settings) -> Results {
         let window_s = prev_cpu.1.elapsed().as_secs_f64();
         let cpu = (report.cpu_ms - prev_cpu.0) as f64 / window_s / 10.0;
         prev_cpu = (report.cpu_ms, Instant::now());
-        let cp_cpu_ms = child::cpu_ms(&cp_pid);
+        let cp_cpu_ms = procfs::cpu_ms(&cp_pid);
         let cp_cpu = cp_cpu_ms.saturating_sub(prev_cp_cpu) as f64 / window_s / 10.0;
         prev_cp_cpu = cp_cpu_ms;
         let reconciles = report.reconciles.len();
@@ -411,11 +410,22 @@ async fn run(s: &Settings) -> Results {
         );
     }
     let load_s = load_started.elapsed().as_secs_f64();
-    // Let the last events drain.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut last_report = host.report();
-    starts.append(&mut last_report.reconciles);
-    events.append(&mut last_report.events);
+    // Drain: until every update has a reconcile that started after it (or a minute).
+    let drained = Instant::now();
+    let last_report = loop {
+        poll.tick().await;
+        let mut report = host.report();
+        starts.append(&mut report.reconciles);
+        events.append(&mut report.events);
+        let starts_by_key = by_key(&starts);
+        let waiting = sent
+            .iter()
+            .filter(|u| first_at_or_after(&starts_by_key, &u.key, u.at).is_none())
+            .count();
+        if waiting == 0 || drained.elapsed() > Duration::from_secs(60) {
+            break report;
+        }
+    };
     let final_requests = last_report.requests.clone();
     host.quit();
 

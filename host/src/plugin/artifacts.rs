@@ -66,13 +66,19 @@ impl Artifacts {
             return Ok((component, Origin::Cached));
         }
         let component = compile(engine, bytes)?;
-        if let Err(e) = write_cached(&component, &path) {
+        let artifact = match component.serialize() {
+            Ok(artifact) => artifact,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not serialise compiled plugin");
+                return Ok((component, Origin::Compiled));
+            }
+        };
+        if let Err(e) = write_cached(&artifact, &path) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache compiled plugin");
-            return Ok((component, Origin::Compiled));
         }
         // Run the mapped artifact rather than the freshly compiled copy on the heap, so a
         // plugin costs as little memory after its first start as after a restart.
-        let component = read_cached(engine, &path).unwrap_or(component);
+        let component = load(engine, dir, artifact).unwrap_or(component);
         Ok((component, Origin::Compiled))
     }
 }
@@ -100,22 +106,26 @@ fn read_cached(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
         tracing::warn!(path = %path.display(), "cached plugin artifact does not match its checksum; recompiling");
         return None;
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let loaded = match private_copy(dir, &artifact) {
+    match load(engine, path.parent().unwrap_or(Path::new(".")), artifact) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cached plugin artifact refused; recompiling");
+            None
+        }
+    }
+}
+
+/// Loads `artifact` mapped from a private copy in `dir`, or from memory when no private
+/// copy can be made.
+fn load(engine: &wasmtime::Engine, dir: &Path, artifact: Vec<u8>) -> wasmtime::Result<Component> {
+    match private_copy(dir, &artifact) {
         Ok(copy) => {
             drop(artifact);
             deserialize_mapped(engine, &copy)
         }
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "no private copy to map; loading the artifact from memory");
+            tracing::debug!(dir = %dir.display(), error = %e, "no private copy to map; loading the artifact from memory");
             deserialize(engine, &artifact)
-        }
-    };
-    match loaded {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cached plugin artifact refused; recompiling");
-            None
         }
     }
 }
@@ -125,10 +135,10 @@ fn read_cached(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
     reason = "wasmtime requires unsafe to load precompiled code"
 )]
 fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `artifact` was produced by `Component::serialize` of this host, stored under
-    // a key that includes the engine's compatibility hash, and its sha256 was just checked
-    // against the checksum written beside it; wasmtime additionally verifies the engine
-    // configuration embedded in the artifact.
+    // SAFETY: `artifact` was produced by `Component::serialize` of this host: just now, or
+    // read back from the cache under a key that includes the engine's compatibility hash
+    // after its sha256 was checked against the checksum written beside it; wasmtime
+    // additionally verifies the engine configuration embedded in the artifact.
     unsafe { Component::deserialize(engine, artifact) }
 }
 
@@ -172,20 +182,15 @@ fn deserialize_mapped(
     }
 }
 
-fn write_cached(component: &Component, path: &Path) -> std::io::Result<()> {
+/// Writes `artifact` to `path` atomically (a temporary file renamed into place), with its
+/// checksum beside it.
+fn write_cached(artifact: &[u8], path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let artifact = component.serialize().map_err(std::io::Error::other)?;
-    let tmp = tempfile_in(dir, path)?;
-    std::fs::write(&tmp, &artifact)?;
-    std::fs::write(checksum_path(path), hex::encode(Sha256::digest(&artifact)))?;
-    std::fs::rename(&tmp, path)
-}
-
-fn tempfile_in(dir: &Path, path: &Path) -> std::io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("artifact");
-    Ok(dir.join(format!(".{name}.{}.tmp", std::process::id())))
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(artifact)?;
+    std::fs::write(checksum_path(path), hex::encode(Sha256::digest(artifact)))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

@@ -37,6 +37,8 @@ mod chart;
 mod child;
 #[path = "../shared/figures.rs"]
 mod figures;
+#[path = "../shared/procfs.rs"]
+mod procfs;
 mod stats;
 
 use child::{ChildProc, Env, Report, Side, wall_us};
@@ -154,11 +156,8 @@ struct Results {
 }
 
 fn main() {
-    if let Some(side) = std::env::var("REKON_BENCH_ROLE")
-        .ok()
-        .and_then(|r| Side::parse(&r))
-    {
-        return child::main(side);
+    if child::run_if_child() {
+        return;
     }
     let settings = Settings::from_env();
     let results = match &settings.from {

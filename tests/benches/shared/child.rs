@@ -6,6 +6,7 @@
 //! `started <unix µs>` once its controller runs, then answers each `report` line on stdin
 //! with one JSON line ([`Report`]) and exits on `quit` (or when stdin closes).
 
+use crate::procfs;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -89,35 +90,6 @@ pub fn wall_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// (VmRSS, VmHWM) in KiB of a process (`self` or a pid).
-pub fn memory_kib(pid: &str) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU time of a process in ms (clock ticks of 10 ms).
-pub fn cpu_ms(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) * 10
 }
 
 // ---------------------------------------------------------------------------------------
@@ -382,6 +354,21 @@ impl Env {
     }
 }
 
+/// When this process was started as a child (`REKON_BENCH_ROLE`), runs it and returns
+/// `true`; a bench's `main` returns right after.
+pub fn run_if_child() -> bool {
+    match std::env::var("REKON_BENCH_ROLE")
+        .ok()
+        .and_then(|r| Side::parse(&r))
+    {
+        Some(side) => {
+            main(side);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The child's `main`: runs the controller of `side` until told to quit.
 pub fn main(side: Side) {
     let env = Env::from_env();
@@ -428,7 +415,10 @@ pub fn main(side: Side) {
         while let Some(line) = rx.recv().await {
             match line.trim() {
                 "report" => {
-                    let (rss_kib, hwm_kib) = memory_kib("self");
+                    let (rss_kib, hwm_kib) = (
+                        procfs::status_kib("self", "VmRSS:"),
+                        procfs::status_kib("self", "VmHWM:"),
+                    );
                     let report = Report {
                         requests: requests.snapshot(),
                         reconciles: std::mem::take(
@@ -439,7 +429,7 @@ pub fn main(side: Side) {
                         ),
                         rss_kib,
                         hwm_kib,
-                        cpu_ms: cpu_ms("self"),
+                        cpu_ms: procfs::cpu_ms("self"),
                     };
                     println!(
                         "{}",
