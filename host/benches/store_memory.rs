@@ -213,11 +213,11 @@ fn apply_micros(n: u64) -> f64 {
     let objects: Vec<DynamicObject> = (0..n).map(object).collect();
     let store = KindStore::new(Gvk::new("", "v1", "ConfigMap"), config_map(), true);
     let started = Instant::now();
-    store.apply_event(Event::Init);
+    store.record_event(Event::Init);
     for obj in objects {
-        store.apply_event(Event::InitApply(obj));
+        store.record_event(Event::InitApply(obj));
     }
-    store.apply_event(Event::InitDone);
+    store.record_event(Event::InitDone);
     started.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
@@ -242,17 +242,17 @@ fn rekon(n: u64) -> (isize, usize, f64) {
     let gvk = Gvk::new("", "v1", "ConfigMap");
     // Warm up anything lazily initialised on the apply path.
     let warm = KindStore::new(gvk.clone(), config_map(), true);
-    warm.apply_event(Event::Apply(object(u64::MAX / 2)));
+    warm.record_event(Event::Apply(object(u64::MAX / 2)));
     drop(warm);
 
     let store = KindStore::new(gvk, config_map(), true);
     let before = live();
     let started = Instant::now();
-    store.apply_event(Event::Init);
+    store.record_event(Event::Init);
     for i in 0..n {
-        store.apply_event(Event::InitApply(object(i)));
+        store.record_event(Event::InitApply(object(i)));
     }
-    store.apply_event(Event::InitDone);
+    store.record_event(Event::InitDone);
     let seconds = started.elapsed().as_secs_f64();
     let held = live() - before;
     assert_eq!(store.len() as u64, n);

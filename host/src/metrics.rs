@@ -790,10 +790,10 @@ mod tests {
         let text = openmetrics(&metrics);
         assert_sample(&text, r#"rekon_cache_objects{kind="v1 ConfigMap"} 0"#);
         assert_sample(&text, r#"rekon_cache_synced{kind="v1 ConfigMap"} 0"#);
-        store.apply_event(Event::Init);
-        store.apply_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
-        store.apply_event(Event::InitApply(cm("b").ns("n").rv(2).build()));
-        store.apply_event(Event::InitDone);
+        store.record_event(Event::Init);
+        store.record_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::InitApply(cm("b").ns("n").rv(2).build()));
+        store.record_event(Event::InitDone);
         let text = openmetrics(&metrics);
         assert_sample(&text, r#"rekon_cache_objects{kind="v1 ConfigMap"} 2"#);
         assert_sample(&text, r#"rekon_cache_synced{kind="v1 ConfigMap"} 1"#);

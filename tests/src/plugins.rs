@@ -24,6 +24,7 @@ pub const CRATES: &[&str] = &[
     "rollout",
     "stamp-plugin",
     "stamp-next-plugin",
+    "replicas-plugin",
 ];
 
 /// The workspace root.

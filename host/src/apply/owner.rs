@@ -134,15 +134,18 @@ pub fn is_same_object(a: &Value, b: &Value) -> bool {
 
 /// Whether `child` names `primary_uid` as its controller.
 pub fn controlled_by(child: &Value, primary_uid: &str) -> bool {
-    child
+    controller_uid(child) == Some(primary_uid)
+}
+
+/// The uid of `object`'s controller owner reference (`controller: true`), if any.
+pub fn controller_uid(object: &Value) -> Option<&str> {
+    object
         .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| {
-            refs.iter().any(|r| {
-                r.get("uid").and_then(Value::as_str) == Some(primary_uid)
-                    && r.get("controller").and_then(Value::as_bool) == Some(true)
-            })
-        })
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))?
+        .get("uid")
+        .and_then(Value::as_str)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //!   the process's [`Metrics`].
 
 mod access;
+mod expectations;
+mod finalizer;
 pub mod mapping;
 mod options;
 pub mod queue;
@@ -85,18 +87,38 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// Outputs stopped by another API error.
     pub apply_errors: AtomicU64,
-    /// Waits for the cache to show our own writes.
+    /// Reconciles deferred until the cache showed the key's own previous writes (counted
+    /// once per wait, only when the writes were not shown yet).
     pub ryw_waits: AtomicU64,
-    /// Such waits that timed out.
+    /// Deadlines such waits passed (each reported; the key keeps waiting).
     pub ryw_timeouts: AtomicU64,
     /// Resync passes.
     pub resyncs: AtomicU64,
     /// Fights with another writer the thrash guard detected.
     pub thrash_fights: AtomicU64,
     faults: Mutex<BTreeMap<&'static str, u64>>,
+    write_errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
+    pub(crate) fn count_write_error(&self, label: &'static str) {
+        *self
+            .write_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    /// Outputs stopped by an error other than a conflict, by reason label
+    /// ([`crate::apply::Error::metric_label`]: `not_owned`, `already_exists`, …).
+    pub fn write_errors(&self) -> BTreeMap<&'static str, u64> {
+        self.write_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(crate) fn count_fault(&self, label: &'static str) {
         *self
             .faults
@@ -177,9 +199,11 @@ struct Running {
 /// The plugins of one rekon process, sharing one set of stores.
 #[derive(Clone)]
 pub struct Host {
-    shared: reconciler::Shared,
+    shared: reconciler::HostParts,
     kinds: Kinds,
     running: Arc<RunningMap>,
+    /// Per plugin name: what its controllers keep across restarts.
+    memories: Arc<Mutex<HashMap<String, Arc<reconciler::Memory>>>>,
 }
 
 type RunningMap = Mutex<HashMap<String, Running>>;
@@ -199,9 +223,9 @@ impl Host {
         let source = (Arc::downgrade(&running), stores.clone());
         metrics.add_source(move |scrape| scrape_host(&source.0, &source.1, scrape));
         Self {
-            shared: reconciler::Shared {
+            shared: reconciler::HostParts {
                 stores,
-                applier: Applier::new(kinds.clone()),
+                applier: Applier::new(kinds.clone(), config.namespace.clone()),
                 recorder: Recorder::new(client, &config.instance),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
                 config,
@@ -209,7 +233,23 @@ impl Host {
             },
             kinds,
             running,
+            memories: Arc::default(),
         }
+    }
+
+    /// What the controllers of `plugin` keep across restarts.
+    fn memory(&self, plugin: &str) -> Arc<reconciler::Memory> {
+        self.memories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(plugin.to_owned())
+            .or_insert_with(|| {
+                Arc::new(reconciler::Memory {
+                    expectations: expectations::Expectations::default(),
+                    thrash: thrash::ThrashGuard::new(self.shared.config.thrash.clone()),
+                })
+            })
+            .clone()
     }
 
     /// The shared stores (one watch per kind).
@@ -320,6 +360,7 @@ impl Host {
             primary,
             watched,
             self.shared.clone(),
+            self.memory(&name),
             options,
         ));
         let mut tasks = JoinSet::new();

@@ -1,6 +1,6 @@
 //! Per-plugin settings an operator gives a controller (from `NAME.yaml`).
 
-use crate::contract::ObjectKey;
+use crate::contract::{Gvk, ObjectKey};
 use std::time::Duration;
 
 /// How one plugin's controller runs, beyond the host-wide [`super::Config`].
@@ -15,6 +15,9 @@ pub struct PluginOptions {
     pub concurrency: Option<usize>,
     /// JSON handed to the plugin with every call.
     pub settings: String,
+    /// Kinds whose existing objects, not controlled by the primary, an apply may take
+    /// over (the operator's consent; docs/design.md, invariant 9). Empty: none.
+    pub adopt: Vec<Gvk>,
 }
 
 impl Default for PluginOptions {
@@ -24,6 +27,7 @@ impl Default for PluginOptions {
             resync: None,
             concurrency: None,
             settings: "{}".to_owned(),
+            adopt: Vec::new(),
         }
     }
 }

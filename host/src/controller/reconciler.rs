@@ -1,45 +1,48 @@
-//! One plugin's controller: events → keys → queue → snapshot → plugin → apply.
+//! One plugin's controller: events → keys → queue → snapshot → plugin → write.
 //!
 //! # Guarantees
 //! - One reconcile at a time per key, distinct keys concurrently (the queue), each call
 //!   in a fresh sandbox instance on a blocking thread, bounded by the host's sandbox
 //!   slots.
-//! - Before reconciling a key the host waits (bounded by
-//!   [`super::Config::read_your_writes_timeout`]) until the stores hold every object at
-//!   least at the resourceVersion the key's previous writes returned (invariant 4). The
-//!   wait does not hold a worker: the key is set aside and re-added when the stores show
-//!   those writes (or the timeout passes), so a slow watch delays only the keys that
-//!   wrote, never the others.
-//! - A 409 conflict drops the rest of the output and retries promptly on fresh state;
-//!   other failures back off per key and record a Warning event on the primary.
+//! - Level-triggered: a change to a watched object enqueues the primaries it maps to,
+//!   before and after the change (an object relabelled from one primary to another
+//!   concerns both).
+//! - Read your writes ([`super::expectations`]): a key whose previous writes the stores
+//!   do not show yet is set aside without holding a worker, and is never decided on a
+//!   view older than its own writes.
+//! - A 409 conflict drops the rest of the output and decides again promptly on fresh
+//!   state; repeated conflicts of one key back off like failures. Other failures back off
+//!   per key and record a Warning Event on the primary. The plugin's own events are
+//!   recorded only when its whole output was written.
 
+use super::expectations::{Check, Expectations};
+use super::finalizer::{self, Step};
 use super::mapping;
 use super::queue::{Lease, Outcome, Priority, Queue};
-use super::store::{Change, KindStore, Stores};
+use super::store::{Change, KindStore, Stores, Stored};
 use super::thrash::{Fight, ThrashGuard};
 use super::{Config, PluginOptions, Stats};
 use crate::apply::events::Recorder;
-use crate::apply::{Applier, Snapshot, Written};
+use crate::apply::{Applier, Context, Snapshot, Written};
 use crate::contract::{
-    Entry, Event, EventType, GuestError, KeyMapping, Mutation, ObjectKey, Output, Request, Target,
-    meta,
+    Entry, Event, EventType, GuestError, Gvk, KeyMapping, Mutation, ObjectKey, Output, Request,
+    Target, meta,
 };
 use crate::metrics::{Metrics, PluginState};
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
 use crate::selector::Selector;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-/// What a reconciler shares with the host.
+/// What a controller shares with the host.
 #[derive(Clone)]
-pub(super) struct Shared {
+pub(super) struct HostParts {
     pub stores: Stores,
     pub applier: Applier,
     pub recorder: Recorder,
@@ -48,19 +51,26 @@ pub(super) struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+/// What a plugin's controller keeps across restarts (a hot reload that changes its
+/// declaration starts a new controller): read-your-writes expectations and the thrash
+/// guard's history.
+pub(super) struct Memory {
+    pub expectations: Expectations,
+    pub thrash: ThrashGuard,
+}
+
 /// A running plugin controller.
 pub struct Reconciler {
     plugin: RwLock<Loaded>,
     queue: Queue<ObjectKey>,
     stats: Arc<Stats>,
-    expectations: Mutex<HashMap<ObjectKey, Vec<Written>>>,
-    /// Keys set aside until the stores show their writes, with the wait's deadline.
-    deferred: Mutex<HashMap<ObjectKey, tokio::time::Instant>>,
+    memory: Arc<Memory>,
+    /// This controller instance, among every one the process started.
+    instance: u64,
     primary: Arc<KindStore>,
     watched: Vec<(KeyMapping, Arc<KindStore>)>,
-    shared: Shared,
+    host: HostParts,
     options: PluginOptions,
-    thrash: ThrashGuard,
 }
 
 impl Reconciler {
@@ -68,25 +78,26 @@ impl Reconciler {
         plugin: Loaded,
         primary: Arc<KindStore>,
         watched: Vec<(KeyMapping, Arc<KindStore>)>,
-        shared: Shared,
+        host: HostParts,
+        memory: Arc<Memory>,
         options: PluginOptions,
     ) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let queue = Queue::new(super::queue::Config {
             max_concurrent: options
                 .concurrency
-                .unwrap_or(shared.config.max_concurrent_reconciles),
+                .unwrap_or(host.config.max_concurrent_reconciles),
             ..Default::default()
         });
         Self {
             plugin: RwLock::new(plugin),
             queue,
             stats: Arc::default(),
-            expectations: Mutex::default(),
-            deferred: Mutex::default(),
+            memory,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             primary,
             watched,
-            thrash: ThrashGuard::new(shared.config.thrash.clone()),
-            shared,
+            host,
             options,
         }
     }
@@ -121,7 +132,7 @@ impl Reconciler {
         let reads = self.plugin().metadata.reads.clone();
         std::iter::once(self.primary.clone())
             .chain(self.watched.iter().map(|(_, store)| store.clone()))
-            .chain(reads.iter().filter_map(|k| self.shared.stores.store(k)))
+            .chain(reads.iter().filter_map(|k| self.host.stores.store(k)))
             .collect()
     }
 
@@ -148,10 +159,12 @@ impl Reconciler {
     /// Replaces the plugin version: reconciles already running finish on the old one.
     pub fn replace_plugin(&self, plugin: Loaded) {
         *self.plugin.write().unwrap_or_else(|e| e.into_inner()) = plugin;
+        self.enqueue_all(Priority::Live);
+    }
+
+    fn enqueue_all(&self, priority: Priority) {
         for o in self.primary.list(None, &Selector::default()) {
-            if let Some(key) = key_of(&o) {
-                self.enqueue(key, Priority::Live);
-            }
+            self.enqueue(key_of(&o), priority);
         }
     }
 
@@ -173,34 +186,32 @@ impl Reconciler {
         let mut changes = self.primary.subscribe();
         // Subscribe, then list: a store another plugin already synced sends no events
         // for what it holds, and a change in between arrives on the channel as well.
-        for o in self.primary.list(None, &Selector::default()) {
-            if let Some(key) = key_of(&o) {
-                self.enqueue(key, Priority::Live);
-            }
-        }
+        self.enqueue_all(Priority::Live);
         tasks.spawn(async move {
             while let Some(change) = changes.recv().await {
-                if let Change::Applied(o) | Change::Deleted(o) = change
-                    && let Some(key) = key_of(&o)
-                {
-                    this.enqueue(key, Priority::Live);
+                if let Change::Upserted { object: o, .. } | Change::Deleted(o) = change {
+                    this.enqueue(key_of(&o), Priority::Live);
                 }
             }
         });
         for (mapping, store) in &self.watched {
             let this = self.clone();
             let mapping = mapping.clone();
-            let mut changes = store.subscribe();
             let kind = store.gvk().clone();
+            let mut changes = store.subscribe();
             tasks.spawn(async move {
                 while let Some(change) = changes.recv().await {
-                    let (Change::Applied(o) | Change::Deleted(o)) = change else {
-                        continue;
+                    let (object, previous) = match change {
+                        Change::Upserted { object, previous } => (object, previous),
+                        Change::Deleted(object) => (object, None),
+                        Change::Relisted => continue,
                     };
-                    let keys = match &mapping {
-                        KeyMapping::Custom => this.custom_keys(&kind, o.json_str()).await,
-                        m => mapping::keys_for(m, &this.primary.gvk().clone(), &o.to_value()),
-                    };
+                    let mut keys = this.keys_for(&mapping, &kind, &object).await;
+                    if let Some(previous) = previous {
+                        keys.extend(this.keys_for(&mapping, &kind, &previous).await);
+                    }
+                    keys.sort();
+                    keys.dedup();
                     for key in keys {
                         this.enqueue(key, Priority::Live);
                     }
@@ -230,11 +241,19 @@ impl Reconciler {
         self.queue.drained().await;
     }
 
-    async fn custom_keys(&self, kind: &crate::contract::Gvk, object: &str) -> Vec<ObjectKey> {
+    /// The primaries a watched object of `kind` maps to.
+    async fn keys_for(&self, mapping: &KeyMapping, kind: &Gvk, object: &Stored) -> Vec<ObjectKey> {
+        match mapping {
+            KeyMapping::Custom => self.custom_keys(kind, object.json_str()).await,
+            m => mapping::keys_for(m, self.primary.gvk(), &object.to_value()),
+        }
+    }
+
+    async fn custom_keys(&self, kind: &Gvk, object: &str) -> Vec<ObjectKey> {
         let plugin = self.plugin();
-        let cache: Arc<dyn CacheView> = Arc::new(self.shared.stores.clone());
+        let cache: Arc<dyn CacheView> = Arc::new(self.host.stores.clone());
         let (kind, object) = (kind.clone(), object.to_owned());
-        let Ok(_slot) = self.shared.sandbox_slots.clone().acquire_owned().await else {
+        let Ok(_slot) = self.host.sandbox_slots.clone().acquire_owned().await else {
             return Vec::new();
         };
         let call =
@@ -255,13 +274,13 @@ impl Reconciler {
     }
 
     fn resync_period(&self) -> Duration {
-        let configured = self.options.resync.or(self.shared.config.resync_override);
+        let configured = self.options.resync.or(self.host.config.resync_override);
         configured.unwrap_or_else(|| {
             self.plugin()
                 .metadata
                 .resync_seconds
                 .map(|s| Duration::from_secs(u64::from(s)))
-                .unwrap_or(self.shared.config.resync_default)
+                .unwrap_or(self.host.config.resync_default)
         })
     }
 
@@ -270,18 +289,14 @@ impl Reconciler {
         loop {
             tokio::time::sleep(jittered(self.resync_period())).await;
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-            for o in self.primary.list(None, &Selector::default()) {
-                if let Some(key) = key_of(&o) {
-                    self.enqueue(key, Priority::Resync);
-                }
-            }
+            self.enqueue_all(Priority::Resync);
         }
     }
 
     async fn process(self: Arc<Self>, lease: Lease<ObjectKey>) {
         let key = lease.key().clone();
-        if !self.own_writes_seen(&key) {
-            // Give the worker back; a waiter re-adds the key once the stores show them.
+        if self.defer_until_writes_shown(&key).await {
+            // Give the worker back; the key comes back once the stores show its writes.
             lease.done(Outcome::Deferred);
             return;
         }
@@ -289,77 +304,85 @@ impl Reconciler {
         let span = tracing::info_span!("reconcile", plugin = %plugin.name(), kind = %plugin.metadata.primary.kind, key = %key);
         let started = tokio::time::Instant::now();
         let outcome = self.reconcile(&plugin, &key).instrument(span).await;
-        self.shared
+        self.host
             .metrics
             .reconciled(plugin.name(), outcome, started.elapsed());
         lease.done(outcome);
     }
 
-    /// Whether the stores show every write of `key`'s previous reconciles (invariant 4),
-    /// or the wait for them timed out. When not, one waiter per key re-adds `key` once
-    /// they are seen or at the deadline, and the caller gives its worker back.
-    fn own_writes_seen(self: &Arc<Self>, key: &ObjectKey) -> bool {
-        let mut expectations = self.expectations.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(writes) = expectations.get_mut(key) else {
-            return true;
-        };
-        self.stats
-            .ryw_waits
-            .fetch_add(writes.len() as u64, Ordering::Relaxed);
-        writes.retain(|w| !self.is_seen(w));
-        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
-        if writes.is_empty() {
-            expectations.remove(key);
-            deferred.remove(key);
-            return true;
-        }
+    /// Whether `key` must wait for the stores to show its previous writes (invariant 4).
+    /// When so, the queue re-adds it at the deadline, and a waiter re-adds it as soon as
+    /// the writes are shown; past a deadline the lag is reported and the key waits on.
+    async fn defer_until_writes_shown(self: &Arc<Self>, key: &ObjectKey) -> bool {
         let now = tokio::time::Instant::now();
-        if let Some(&deadline) = deferred.get(key) {
-            if now < deadline {
-                // Already waited for; re-added when seen.
-                return false;
-            }
-            self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
-            for w in writes.iter() {
-                tracing::warn!(object = %w.name, resource_version = ?w.resource_version, "cache did not catch up with our own write in time");
-            }
-            expectations.remove(key);
-            deferred.remove(key);
-            return true;
+        let timeout = self.host.config.read_your_writes_timeout;
+        let check = self.memory.expectations.check(
+            key,
+            &self.host.stores,
+            self.instance,
+            timeout,
+            now,
+        );
+        let Check::Wait {
+            until,
+            start_waiter,
+            first,
+            overdue,
+        } = check
+        else {
+            return false;
+        };
+        if first {
+            self.stats.ryw_waits.fetch_add(1, Ordering::Relaxed);
         }
-        let deadline = now + self.shared.config.read_your_writes_timeout;
-        deferred.insert(key.clone(), deadline);
-        let pending = writes.clone();
-        let (this, key) = (self.clone(), key.clone());
-        tokio::spawn(async move {
-            for w in &pending {
-                let (Some(rv), Some(store)) =
-                    (&w.resource_version, this.shared.stores.store(&w.kind))
-                else {
-                    continue;
-                };
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                store
-                    .wait_seen(w.namespace.as_deref(), &w.name, rv, left)
+        self.queue
+            .add_after(key.clone(), until.saturating_duration_since(now));
+        if start_waiter {
+            let (this, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                this.memory
+                    .expectations
+                    .wait(&key, &this.host.stores, until)
                     .await;
-            }
-            // Seen, or the deadline passed: either way the next lease proceeds.
-            this.queue.add(key, Priority::Live);
-        });
-        false
+                // Only while still deferred: a key another event already ran is not
+                // enqueued a second time for the same event.
+                if this.memory.expectations.is_deferred(&key) {
+                    this.queue.add(key, Priority::Live);
+                }
+            });
+        }
+        if overdue > 0 {
+            self.report_lag(key, overdue).await;
+        }
+        true
     }
 
-    /// Whether the stores show `w` (a write without a resourceVersion or of a kind no
-    /// store holds counts as seen: there is nothing to wait for).
-    fn is_seen(&self, w: &Written) -> bool {
-        match (&w.resource_version, self.shared.stores.store(&w.kind)) {
-            (Some(rv), Some(store)) => store.seen(w.namespace.as_deref(), &w.name, rv),
-            _ => true,
+    /// Reports that the stores did not show a key's own writes within the deadline.
+    async fn report_lag(&self, key: &ObjectKey, overdue: u32) {
+        self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
+        let waiting = self.memory.expectations.describe(key).join(", ");
+        let waited = self.host.config.read_your_writes_timeout * overdue;
+        tracing::warn!(%key, ?waited, %waiting, "the cache has not caught up with this primary's own writes; not deciding on an older view");
+        if overdue > 1 {
+            return;
         }
+        let Some(primary) = self.primary.get(key.namespace.as_deref(), &key.name) else {
+            return;
+        };
+        let note = format!(
+            "the host's cache has not shown this primary's own writes for {waited:?}              ({waiting}); the plugin is not called on an older view until it does"
+        );
+        let event = Event {
+            event_type: EventType::Warning,
+            reason: "CacheLagging".into(),
+            note,
+        };
+        self.record_event(&self.plugin(), &primary.to_value(), event)
+            .await;
     }
 
     async fn reconcile(&self, plugin: &Loaded, key: &ObjectKey) -> Outcome {
-        if let Some(left) = self.thrash.held(key, std::time::Instant::now()) {
+        if let Some(left) = self.memory.thrash.held(key, std::time::Instant::now()) {
             tracing::debug!(?left, "held by the thrash guard");
             return Outcome::SuccessRequeueAfter(left);
         }
@@ -368,32 +391,49 @@ impl Reconciler {
         };
         let primary = stored.to_value();
         let finalizer = plugin.metadata.finalizer.clone();
-        let has_finalizer = finalizer
-            .as_deref()
-            .is_some_and(|f| finalizers(&primary).iter().any(|x| x == f));
-        let deleting = stored.is_deleting();
-        match (&finalizer, deleting, has_finalizer) {
-            (_, true, false) | (None, true, _) => return Outcome::Success,
-            (Some(f), false, false) => {
-                let mut list = finalizers(&primary);
-                list.push(f.clone());
-                return self.patch_finalizers(plugin, key, &primary, list).await;
-            }
-            _ => {}
-        }
+        let finalize = match finalizer::step(finalizer.as_deref(), &primary, stored.is_deleting())
+        {
+            Step::Skip => return Outcome::Success,
+            Step::Add(list) => return self.patch_finalizers(plugin, key, &primary, list).await,
+            Step::Call { finalize } => finalize,
+        };
         let related = self.related(&primary);
+        let output = match self.call(plugin, &stored, &related, finalize).await {
+            Ok(output) => output,
+            Err(outcome) => return outcome,
+        };
+        let outcome = self.write(plugin, key, &primary, &related, &output).await;
+        if finalize && outcome == Outcome::Success && output.requeue_after_ms.is_none() {
+            let rest = finalizer::without(&primary, finalizer.as_deref());
+            let mut fresh = primary.clone();
+            if let Some(rv) = self.memory.expectations.latest(key, self.primary.gvk()) {
+                fresh["metadata"]["resourceVersion"] = json!(rv);
+            }
+            return self.patch_finalizers(plugin, key, &fresh, rest).await;
+        }
+        outcome
+    }
+
+    /// Calls the plugin (`reconcile`, or `finalize`) in a sandbox slot.
+    async fn call(
+        &self,
+        plugin: &Loaded,
+        stored: &Stored,
+        related: &[Value],
+        finalize: bool,
+    ) -> Result<Output, Outcome> {
         let request = Request {
             primary: stored.json_str().to_owned(),
             related: related.iter().map(Value::to_string).collect(),
             settings: self.options.settings.clone(),
         };
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        let cache: Arc<dyn CacheView> = Arc::new(self.shared.stores.clone());
+        let cache: Arc<dyn CacheView> = Arc::new(self.host.stores.clone());
         let call_plugin = plugin.clone();
-        let Ok(_slot) = self.shared.sandbox_slots.clone().acquire_owned().await else {
-            return Outcome::RetryNow;
+        let Ok(slot) = self.host.sandbox_slots.clone().acquire_owned().await else {
+            return Err(Outcome::RetryNow);
         };
-        let entry = if deleting {
+        let entry = if finalize {
             Entry::Finalize
         } else {
             Entry::Reconcile
@@ -402,34 +442,21 @@ impl Reconciler {
             call_plugin.decide(entry, &request, Clock::System, cache)
         })
         .await;
-        drop(_slot);
+        drop(slot);
         let call = match call {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "reconcile task failed");
-                return Outcome::Failed;
+                return Err(Outcome::Failed);
             }
         };
         for line in &call.logs {
             line.emit(plugin.name());
         }
-        let output = match call.result {
-            Ok(o) => o,
-            Err(fault) => return self.failed(plugin, &primary, fault).await,
-        };
-        let outcome = self.write(plugin, key, &primary, &related, &output).await;
-        if deleting && outcome == Outcome::Success && output.requeue_after_ms.is_none() {
-            let rest: Vec<String> = finalizers(&primary)
-                .into_iter()
-                .filter(|x| Some(x) != finalizer.as_ref())
-                .collect();
-            let mut fresh = primary.clone();
-            if let Some(rv) = self.latest_rv(key) {
-                fresh["metadata"]["resourceVersion"] = json!(rv);
-            }
-            return self.patch_finalizers(plugin, key, &fresh, rest).await;
+        match call.result {
+            Ok(output) => Ok(output),
+            Err(fault) => Err(self.report_fault(plugin, &stored.to_value(), fault).await),
         }
-        outcome
     }
 
     fn related(&self, primary: &Value) -> Vec<Value> {
@@ -451,6 +478,7 @@ impl Reconciler {
         out
     }
 
+    /// Writes the plugin's output and turns the result into the lease's outcome.
     async fn write(
         &self,
         plugin: &Loaded,
@@ -461,59 +489,75 @@ impl Reconciler {
     ) -> Outcome {
         let snapshot = Snapshot::new(std::iter::once(primary).chain(related));
         let now = jiff::Timestamp::now().to_string();
-        let applied = self
-            .shared
-            .applier
-            .apply(plugin.name(), primary, &snapshot, related, output, &now)
-            .await;
+        let cx = Context {
+            plugin: plugin.name(),
+            primary,
+            snapshot: &snapshot,
+            children: related,
+            adopt: &self.options.adopt,
+            now: &now,
+        };
+        let report = self.host.applier.write_output(&cx, output).await;
         self.stats
             .writes
-            .fetch_add(applied.written.len() as u64, Ordering::Relaxed);
-        let now = std::time::Instant::now();
-        for w in &applied.written {
-            if let Some(fight) = self.thrash.observe(key, w, now) {
-                self.fought(plugin, primary, w, &fight).await;
+            .fetch_add(report.written.len() as u64, Ordering::Relaxed);
+        self.watch_for_fights(plugin, key, primary, &report.written)
+            .await;
+        self.memory
+            .expectations
+            .record(key, &report.written, &self.host.stores);
+        match report.stopped {
+            None => {
+                for e in &output.events {
+                    self.record_event(plugin, primary, e.clone()).await;
+                }
+                match output.requeue_after_ms {
+                    Some(ms) => Outcome::SuccessRequeueAfter(Duration::from_millis(ms)),
+                    None => Outcome::Success,
+                }
             }
-        }
-        self.thrash.forget_quiet(now);
-        if !applied.written.is_empty() {
-            self.expectations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key.clone())
-                .or_default()
-                .extend(applied.written);
-        }
-        for e in &output.events {
-            self.event(plugin, primary, e.clone()).await;
-        }
-        match applied.stopped {
-            None => match output.requeue_after_ms {
-                Some(ms) => Outcome::SuccessRequeueAfter(Duration::from_millis(ms)),
-                None => Outcome::Success,
-            },
             Some(e) if e.is_conflict() => {
+                // The output was decided on a view that is no longer current: its events
+                // are dropped with it.
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "conflict; reconciling again on fresh state");
                 Outcome::RetryNow
             }
             Some(e) => {
                 self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "applying the plugin's output failed");
+                self.stats.count_write_error(e.metric_label());
+                tracing::warn!(error = %e, "writing the plugin's output failed");
                 let warning = Event {
                     event_type: EventType::Warning,
-                    reason: "ApplyFailed".into(),
+                    reason: e.event_reason().into(),
                     note: e.to_string(),
                 };
-                self.event(plugin, primary, warning).await;
+                self.record_event(plugin, primary, warning).await;
                 Outcome::Failed
             }
         }
     }
 
+    /// Feeds the writes to the thrash guard and reports a fight it finds.
+    async fn watch_for_fights(
+        &self,
+        plugin: &Loaded,
+        key: &ObjectKey,
+        primary: &Value,
+        written: &[Written],
+    ) {
+        let now = std::time::Instant::now();
+        for w in written {
+            if let Some(fight) = self.memory.thrash.observe(key, w, now) {
+                self.report_fight(plugin, primary, w, &fight).await;
+            }
+        }
+        self.memory.thrash.forget_quiet(now);
+    }
+
     /// Reports a fight the thrash guard found: log, counter, Warning Event naming the
     /// object and the other writer.
-    async fn fought(&self, plugin: &Loaded, primary: &Value, w: &Written, fight: &Fight) {
+    async fn report_fight(&self, plugin: &Loaded, primary: &Value, w: &Written, fight: &Fight) {
         self.stats.thrash_fights.fetch_add(1, Ordering::Relaxed);
         let ours = crate::apply::field_manager(plugin.name());
         let other = w.managers.iter().find(|m| **m != ours).map_or_else(
@@ -526,7 +570,7 @@ impl Reconciler {
              owning those fields.",
             fight.object,
             fight.rounds,
-            self.shared.config.thrash.window,
+            self.host.config.thrash.window,
             plugin.name(),
             fight.hold
         );
@@ -536,10 +580,10 @@ impl Reconciler {
             reason: "Thrashing".into(),
             note,
         };
-        self.event(plugin, primary, event).await;
+        self.record_event(plugin, primary, event).await;
     }
 
-    async fn failed(&self, plugin: &Loaded, primary: &Value, fault: Fault) -> Outcome {
+    async fn report_fault(&self, plugin: &Loaded, primary: &Value, fault: Fault) -> Outcome {
         self.stats.count_fault(fault.metric_label());
         tracing::warn!(error = %fault, "reconcile failed");
         let event = Event {
@@ -547,34 +591,22 @@ impl Reconciler {
             reason: "ReconcileFailed".into(),
             note: failure_note(plugin.name(), &fault),
         };
-        self.event(plugin, primary, event).await;
+        self.record_event(plugin, primary, event).await;
         match fault {
             Fault::Guest(GuestError::Permanent(_)) => Outcome::FailedPermanent,
             _ => Outcome::Failed,
         }
     }
 
-    async fn event(&self, plugin: &Loaded, regarding: &Value, event: Event) {
+    async fn record_event(&self, plugin: &Loaded, regarding: &Value, event: Event) {
         if let Err(e) = self
-            .shared
+            .host
             .recorder
             .record(plugin.name(), regarding, &event)
             .await
         {
             tracing::warn!(error = %e, reason = %event.reason, "could not record an event");
         }
-    }
-
-    fn latest_rv(&self, key: &ObjectKey) -> Option<String> {
-        let kind = self.primary.gvk();
-        self.expectations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)?
-            .iter()
-            .rev()
-            .find(|w| &w.kind == kind && w.name == key.name && w.namespace == key.namespace)
-            .and_then(|w| w.resource_version.clone())
     }
 
     async fn patch_finalizers(
@@ -632,22 +664,11 @@ fn failure_note(plugin: &str, fault: &Fault) -> String {
     }
 }
 
-fn key_of(o: &super::store::Stored) -> Option<ObjectKey> {
-    Some(ObjectKey {
+fn key_of(o: &Stored) -> ObjectKey {
+    ObjectKey {
         namespace: o.namespace().map(str::to_owned),
         name: o.name().to_owned(),
-    })
-}
-
-fn finalizers(o: &Value) -> Vec<String> {
-    o.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|l| {
-            l.iter()
-                .filter_map(|f| f.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    }
 }
 
 /// `period` stretched by a random 0–10 %, so primaries of many plugins and hosts do not

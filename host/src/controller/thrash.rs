@@ -2,7 +2,7 @@
 //! are detected, and the plugin is slowed down.
 //!
 //! A write is *contested* when the plugin asked for exactly what it asked for last time
-//! (same [intent](crate::apply::Written::intent)) and yet the write changed the object (a
+//! (same [digest](crate::apply::Written::digest)) and yet the write changed the object (a
 //! new resourceVersion): someone else must have changed those fields in between. Edits
 //! of fields the plugin does not own, and a plugin changing its mind, are not contested.
 //!
@@ -54,7 +54,7 @@ pub struct Fight {
 
 #[derive(Default)]
 struct Track {
-    intent: u64,
+    digest: u64,
     seen: Option<Instant>,
     contested: VecDeque<Instant>,
     fights: u32,
@@ -90,8 +90,8 @@ impl ThrashGuard {
         let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
         let track = tracks.entry(key).or_default();
         let contested =
-            track.intent == w.intent && w.previous.as_ref().is_some_and(|prev| prev != rv);
-        track.intent = w.intent;
+            track.digest == w.digest && w.previous.as_ref().is_some_and(|prev| prev != rv);
+        track.digest = w.digest;
         track.seen = Some(now);
         let window = self.config.window;
         track
@@ -174,15 +174,16 @@ mod tests {
         }
     }
 
-    fn write(previous: &str, rv: &str, intent: u64) -> Written {
+    fn write(previous: &str, rv: &str, digest: u64) -> Written {
         Written {
             kind: Gvk::new("", "v1", "ConfigMap"),
             namespace: Some("a".into()),
             name: "src-mirror".into(),
             resource_version: Some(rv.into()),
             verb: "apply",
+            uid: None,
             previous: Some(previous.into()),
-            intent,
+            digest,
             managers: Vec::new(),
         }
     }

@@ -12,10 +12,12 @@
 //!   logBytes: 64Ki
 //! settings:                      # any JSON-like value, handed to the plugin with each call
 //!   replicasFloor: 2
+//! adopt: [v1/Service]            # consent: applies may take over existing objects of these kinds
 //! ```
 //!
 //! Every key is optional; an unknown key is refused with the key, the file and the line.
 
+use crate::contract::Gvk;
 use crate::sandbox::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,11 @@ pub struct PluginConfig {
     /// Handed to the plugin as JSON with every call (`Request::settings` in the SDK).
     #[serde(default)]
     pub settings: Option<serde_json::Value>,
+    /// Kinds (`apiVersion/Kind`, e.g. `v1/Service`, `apps/v1/Deployment`) whose existing
+    /// objects, not controlled by the primary, the plugin's applies may take over. Without
+    /// this, such an apply is refused with a `NotOwned` Warning Event.
+    #[serde(default)]
+    pub adopt: Vec<String>,
 }
 
 /// Per-call limits in a config file; absent keys keep the default.
@@ -102,6 +109,15 @@ impl PluginConfig {
         if config.concurrency == Some(0) {
             return Err("concurrency: must be at least 1".to_owned());
         }
+        if config.resync == Some(Duration::ZERO) {
+            return Err(
+                "resync: must be longer than 0s (a zero period would resync without pause)"
+                    .to_owned(),
+            );
+        }
+        for kind in &config.adopt {
+            parse_kind(kind).map_err(|reason| format!("adopt: {reason}"))?;
+        }
         if let Some(s) = &config.settings
             && !s.is_object()
         {
@@ -122,11 +138,35 @@ impl PluginConfig {
         }
     }
 
+    /// The kinds listed under `adopt` (checked by [`parse`](Self::parse)).
+    pub fn adopt_kinds(&self) -> Vec<Gvk> {
+        self.adopt.iter().filter_map(|k| parse_kind(k).ok()).collect()
+    }
+
     /// The settings as the JSON text handed to the plugin (`{}` when absent).
     pub fn settings_json(&self) -> String {
         self.settings
             .as_ref()
             .map_or_else(|| "{}".to_owned(), ToString::to_string)
+    }
+}
+
+/// Parses `apiVersion/Kind`: `v1/Service`, `apps/v1/Deployment`.
+///
+/// # Errors
+/// A message naming the text and the expected form.
+pub fn parse_kind(s: &str) -> Result<Gvk, String> {
+    match s.trim().rsplit_once('/') {
+        Some((api_version, kind))
+            if !api_version.is_empty()
+                && kind.starts_with(|c: char| c.is_ascii_uppercase())
+                && api_version.split('/').count() <= 2 =>
+        {
+            Ok(Gvk::from_api_version(api_version, kind))
+        }
+        _ => Err(format!(
+            "{s:?} is not a kind like v1/Service or apps/v1/Deployment (apiVersion/Kind)"
+        )),
     }
 }
 
@@ -273,4 +313,27 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("1d").is_err());
     }
+
+    #[test]
+    fn a_zero_resync_is_refused_naming_the_key() {
+        let e = PluginConfig::parse("resync: 0s\n").unwrap_err();
+        assert!(e.starts_with("resync:"), "{e}");
+        let e = PluginConfig::parse("resync: 0\n").unwrap_err();
+        assert!(e.starts_with("resync:"), "{e}");
+    }
+
+    #[test]
+    fn adopted_kinds_parse_and_a_malformed_one_is_refused() {
+        let c = PluginConfig::parse("adopt: [v1/Service, apps/v1/Deployment]\n").unwrap();
+        assert_eq!(
+            c.adopt_kinds(),
+            [
+                Gvk::new("", "v1", "Service"),
+                Gvk::new("apps", "v1", "Deployment")
+            ]
+        );
+        let e = PluginConfig::parse("adopt: [Service]\n").unwrap_err();
+        assert!(e.contains("adopt:") && e.contains("\"Service\""), "{e}");
+    }
+
 }

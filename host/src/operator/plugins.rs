@@ -240,6 +240,7 @@ impl PluginSet {
             resync: config.resync,
             concurrency: config.concurrency,
             settings: config.settings_json(),
+            adopt: config.adopt_kinds(),
         };
 
         let in_place = self.active.get(stem).is_some_and(|r| {

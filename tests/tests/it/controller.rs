@@ -30,7 +30,7 @@ fn loader() -> &'static Loader {
     })
 }
 
-fn plugin(crate_name: &str) -> Loaded {
+pub(crate) fn plugin(crate_name: &str) -> Loaded {
     loader()
         .load_file(&plugins::path(crate_name))
         .unwrap_or_else(|e| panic!("{crate_name} loads: {e}"))
@@ -83,11 +83,11 @@ pub(crate) fn dynamic(
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
-fn webapps(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+pub(crate) fn webapps(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     dynamic(client, ns, "rekon.dev", "v1alpha1", "WebApp")
 }
 
-fn webapp(name: &str, replicas: i64) -> DynamicObject {
+pub(crate) fn webapp(name: &str, replicas: i64) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "rekon.dev/v1alpha1", "kind": "WebApp",
         "metadata": {"name": name},

@@ -12,6 +12,7 @@ mod sandbox;
 mod scaffold;
 mod smoke;
 mod thrash;
+mod write_safety;
 
 /// Installs a log subscriber once when `REKON_TEST_LOG` is set; tests call it first.
 pub fn logs() {

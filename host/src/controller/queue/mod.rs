@@ -36,9 +36,11 @@
 //!   A delayed add of a key that is already due is a no-op.
 //!   Caveat (as client-go): a failing key whose failure itself causes an event (say, a
 //!   status write that changes something each time) runs again at once, not after backoff.
-//! - **[`Outcome::RetryNow`]** (a 409 Conflict) requeues after a fixed `backoff_base` (5 ms by
-//!   default), without touching the failure count: prompt, but not a hot loop while the
-//!   watch catches up with the write that conflicted.
+//! - **[`Outcome::RetryNow`]** (a 409 Conflict) requeues after `backoff_base` (5 ms by
+//!   default) when the key's last run succeeded: the plugin decides again promptly on
+//!   fresher state. It counts a failure, so conflicts that persist (a writer contesting
+//!   every write, a precondition the cache never catches up with) back off like failures
+//!   instead of looping every 5 ms.
 //! - **Shutdown** is immediate: [`next`](Queue::next) returns `None` from then on, even if
 //!   keys are waiting; waiting and delayed keys are discarded (the next leader relists and
 //!   reconciles everything, level-triggered). Leases in flight may finish;
@@ -116,8 +118,9 @@ pub enum Outcome {
     /// Transient failure: run again after `backoff_base × 2^failures` (capped at
     /// `backoff_max`), and count one more failure.
     Failed,
-    /// Run again promptly, after `backoff_base`, without counting a failure (for a 409
-    /// Conflict: the plugin decides again on fresher state).
+    /// A 409 Conflict: run again promptly (after `backoff_base`) if the key's last run
+    /// succeeded, so the plugin decides again on fresher state; counts a failure, so
+    /// repeated conflicts back off like [`Failed`](Self::Failed).
     RetryNow,
     /// Failure that retrying will not fix: no retry until the key is added again. The failure
     /// count is reset.
@@ -630,18 +633,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retry_now_requeues_after_the_base_delay_without_counting_a_failure() {
+    async fn a_first_conflict_retries_promptly_and_repeated_ones_back_off() {
         let queue = queue(1);
         queue.add("a", Priority::Live);
-        ready_now(&queue)
-            .expect("the key is ready")
-            .done(Outcome::Failed);
-        let lease = queue.next().await.expect("retried");
+        let mut lease = ready_now(&queue).expect("the key is ready");
+        // Conflict after conflict: 5, 10, 20, 40 ms…, not 5 ms forever.
+        for expected_ms in [5, 10, 20, 40, 80] {
+            let start = Instant::now();
+            lease.done(Outcome::RetryNow);
+            lease = queue.next().await.expect("retried");
+            assert_waited(start, Duration::from_millis(expected_ms));
+        }
+        assert_eq!(queue.failures(&"a"), 5);
+        lease.done(Outcome::Success);
+        // After a success, the next conflict is retried after the base delay again.
+        queue.add("a", Priority::Live);
         let start = Instant::now();
-        lease.done(Outcome::RetryNow);
+        ready_now(&queue).expect("ready").done(Outcome::RetryNow);
         queue.next().await.expect("retried").done(Outcome::Success);
         assert_waited(start, Duration::from_millis(5));
-        assert_eq!(queue.retries_total(), 2);
+        assert_eq!(queue.retries_total(), 6);
     }
 
     #[tokio::test(start_paused = true)]

@@ -326,15 +326,13 @@ impl<K: Key> State<K> {
                 entry.failures = 0;
                 Some(delay)
             }
-            Outcome::Failed => {
+            // A conflict is retried after the base delay when the key last succeeded;
+            // repeated ones back off like failures (a conflict that persists is one).
+            Outcome::Failed | Outcome::RetryNow => {
                 let delay = backoff(&self.config, entry.failures);
                 entry.failures = entry.failures.saturating_add(1);
                 self.stats.retries_total += 1;
                 Some(delay)
-            }
-            Outcome::RetryNow => {
-                self.stats.retries_total += 1;
-                Some(self.config.backoff_base)
             }
             Outcome::FailedPermanent => {
                 entry.failures = 0;

@@ -15,8 +15,15 @@ use tokio::sync::{mpsc, watch};
 /// A change to a [`KindStore`], as its subscribers receive it.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// The object was added or changed (its new state).
-    Applied(Arc<Stored>),
+    /// The object was added or changed: its new state, and the state it replaced (so a
+    /// subscriber can map both: an object relabelled away from one primary to another
+    /// concerns both).
+    Upserted {
+        /// The new state.
+        object: Arc<Stored>,
+        /// The state it replaced, if the store held one.
+        previous: Option<Arc<Stored>>,
+    },
     /// The object was deleted (its last known state). Sent for a watch `Delete`, and for
     /// objects a relist no longer returned.
     Deleted(Arc<Stored>),
@@ -30,16 +37,19 @@ pub enum Change {
 ///
 /// Objects are [`Stored`] once each (compact JSON, `metadata.managedFields` stripped) and
 /// indexed by (namespace, name) and by controller owner uid. Readers never block each
-/// other; the single writer is the kind's watcher task calling [`apply_event`].
+/// other; the single writer is the kind's watcher task calling [`record_event`].
 ///
 /// # Guarantees
 /// - After every event the store reflects it: a reader that saw the change through
 ///   [`subscribe`] or [`wait_seen`] sees it in [`get`]/[`list`] too.
-/// - After a list completes (`InitDone`), the store is exactly the listed set: objects it
+/// - A list (the first, or a relist after `410 Gone` or a watch restart) replaces the
+///   store atomically when it completes (`InitDone`), as kube-runtime's reflector does:
+///   until then readers see the previous state whole, never a mix of listed, stale and
+///   already-deleted objects. Afterwards the store is exactly the listed set: objects it
 ///   held that the list did not return are removed, with a [`Change::Deleted`] each.
 /// - For cluster-scoped kinds the `namespace` arguments are ignored.
 ///
-/// [`apply_event`]: KindStore::apply_event
+/// [`record_event`]: KindStore::record_event
 /// [`subscribe`]: KindStore::subscribe
 /// [`wait_seen`]: KindStore::wait_seen
 /// [`get`]: KindStore::get
@@ -55,20 +65,26 @@ pub struct KindStore {
     changed: watch::Sender<u64>,
     /// The highest numeric resourceVersion the store is known to reflect completely.
     caught_up_to: AtomicU64,
+    /// Lists started (`Init`) and the number of the latest one completed (`InitDone`):
+    /// a list started after a write returned reflects that write when it completes.
+    lists_started: AtomicU64,
+    lists_completed_from: AtomicU64,
     counters: Counters,
 }
 
 #[derive(Default)]
 struct State {
     indexes: Indexes,
-    /// Between `Init` and `InitDone`: the keys listed so far, and the highest numeric
+    /// Between `Init` and `InitDone`: the objects listed so far, and the highest numeric
     /// resourceVersion among them (applied to `caught_up_to` only once the list is whole).
     relist: Option<Relist>,
 }
 
 #[derive(Default)]
 struct Relist {
-    listed: BTreeSet<ByName>,
+    /// Which `Init` this list answers (`lists_started` when it began).
+    number: u64,
+    listed: Vec<Arc<Stored>>,
     highest: u64,
 }
 
@@ -91,7 +107,7 @@ struct Counters {
 impl KindStore {
     /// An empty store for `gvk`, served as `resource`. [`super::Stores::ensure`] builds
     /// one per kind and feeds it from a watch; tests and benches feed it with
-    /// [`apply_event`](Self::apply_event).
+    /// [`record_event`](Self::record_event).
     pub fn new(gvk: Gvk, resource: ApiResource, namespaced: bool) -> Self {
         Self {
             gvk,
@@ -102,6 +118,8 @@ impl KindStore {
             synced: watch::Sender::new(false),
             changed: watch::Sender::new(0),
             caught_up_to: AtomicU64::new(0),
+            lists_started: AtomicU64::new(0),
+            lists_completed_from: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -267,11 +285,60 @@ impl KindStore {
             .unwrap_or(false)
     }
 
-    /// Waits until [`seen`](Self::seen) holds, at most `timeout`.
+    /// Whether the store no longer holds the object at (`namespace`, `name`) with `uid`:
+    /// it holds nothing there, or another object of that name (a later re-creation).
+    pub fn gone(&self, namespace: Option<&str>, name: &str, uid: &str) -> bool {
+        self.get(namespace, name)
+            .is_none_or(|obj| obj.uid() != Some(uid))
+    }
+
+    /// A mark for [`listed_since`](Self::listed_since): how many lists have started.
+    pub fn list_mark(&self) -> u64 {
+        self.lists_started.load(Ordering::Acquire)
+    }
+
+    /// Whether a complete list that started after `mark` was taken has replaced the
+    /// store: the store then reflects every write that returned before `mark`, whatever
+    /// resourceVersion it carried (an object written and deleted while the watch was
+    /// down is simply absent).
+    pub fn listed_since(&self, mark: u64) -> bool {
+        self.lists_completed_from.load(Ordering::Acquire) > mark
+    }
+
+    /// Whether the store shows an expected write (see [`Expected`]).
+    pub fn shows(&self, expect: &Expected<'_>) -> bool {
+        if self.listed_since(expect.mark) {
+            return true;
+        }
+        match expect.state {
+            ExpectedState::AtLeast(rv) => self.seen(expect.namespace, expect.name, rv),
+            ExpectedState::Gone(uid) => self.gone(expect.namespace, expect.name, uid),
+        }
+    }
+
+    /// Waits until the store [`shows`](Self::shows) `expect`, at most `timeout`.
     ///
     /// # Guarantees
-    /// No polling: it re-checks after each event the store applies. Returns whether it
-    /// was seen; `false` means the timeout passed first.
+    /// No polling: it re-checks after each event the store records. Returns whether it
+    /// was shown; `false` means the timeout passed first.
+    pub async fn wait_for(&self, expect: &Expected<'_>, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before checking, so a change between the check and the wait wakes us.
+        let mut changed = self.changed.subscribe();
+        loop {
+            if self.shows(expect) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out (or, impossibly, the store's own sender is gone).
+                _ => return self.shows(expect),
+            }
+        }
+    }
+
+    /// Waits until [`seen`](Self::seen) holds, at most `timeout`; see
+    /// [`wait_for`](Self::wait_for).
     pub async fn wait_seen(
         &self,
         namespace: Option<&str>,
@@ -279,30 +346,26 @@ impl KindStore {
         resource_version: &str,
         timeout: Duration,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribe before checking, so a change between the check and the wait wakes us.
-        let mut changed = self.changed.subscribe();
-        loop {
-            if self.seen(namespace, name, resource_version) {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                // Timed out (or, impossibly, the store's own sender is gone).
-                _ => return self.seen(namespace, name, resource_version),
-            }
-        }
+        let expect = Expected {
+            namespace,
+            name,
+            state: ExpectedState::AtLeast(resource_version),
+            mark: u64::MAX,
+        };
+        self.wait_for(&expect, timeout).await
     }
 
-    /// Applies one event from the kind's watcher; the watcher task's only call.
+    /// Records one event from the kind's watcher; the watcher task's only call.
     ///
-    /// - `Apply`: insert or replace; [`Change::Applied`] unless the resourceVersion is
+    /// - `Apply`: insert or replace; [`Change::Upserted`] unless the resourceVersion is
     ///   the one already held.
     /// - `Delete`: remove; [`Change::Deleted`] with the object's final state.
     /// - `Init`: a list starts (first sync, or a relist after `410 Gone`).
-    /// - `InitApply`: as `Apply`, and remember the key as listed.
-    /// - `InitDone`: remove every object the list did not return ([`Change::Deleted`]
-    ///   each), then [`Change::Relisted`]; the first one marks the store synced.
+    /// - `InitApply`: buffer the object; readers do not see it yet.
+    /// - `InitDone`: replace the store with the listed set in one step:
+    ///   [`Change::Upserted`] for each new or changed object, [`Change::Deleted`] for each
+    ///   one the list did not return, then [`Change::Relisted`]; the first one marks the
+    ///   store synced.
     ///
     /// Objects are stored with `metadata.managedFields` stripped. An object without a name
     /// is logged, counted in [`rejected`](Self::rejected) and skipped.
@@ -311,7 +374,7 @@ impl KindStore {
     /// Readers see each event applied entirely or not at all; subscribers receive the
     /// resulting changes in the order events were applied. Meant to be called by one
     /// writer at a time (calls from several threads are serialised by the store's lock).
-    pub fn apply_event(&self, event: Event<DynamicObject>) {
+    pub fn record_event(&self, event: Event<DynamicObject>) {
         if let Event::Apply(obj) | Event::Delete(obj) = &event {
             // When a live change arrived (benchmarks time event → reconcile from it).
             tracing::trace!(
@@ -340,14 +403,19 @@ impl KindStore {
                 self.advance(&obj);
                 changes.push(Change::Deleted(obj));
             }
-            Step::Init => state.relist = Some(Relist::default()),
+            Step::Init => {
+                let number = self.lists_started.fetch_add(1, Ordering::AcqRel) + 1;
+                state.relist = Some(Relist {
+                    number,
+                    ..Relist::default()
+                });
+            }
             Step::InitApply(obj) => {
-                let current = self.upsert_listed(&mut state, obj, &mut changes);
                 let relist = state.relist.get_or_insert_default();
-                if let Some(rv) = current.resource_version().and_then(|rv| rv.parse().ok()) {
+                if let Some(rv) = obj.resource_version().and_then(|rv| rv.parse().ok()) {
                     relist.highest = relist.highest.max(rv);
                 }
-                relist.listed.insert(ByName(current));
+                relist.listed.push(obj);
             }
             Step::InitDone => self.finish_list(&mut state, &mut changes),
         }
@@ -380,51 +448,60 @@ impl KindStore {
         }
     }
 
-    /// A live `Apply`: insert or replace, and advance the caught-up mark.
+    /// A live `Apply`: insert or replace (unless the same version is held), and advance
+    /// the caught-up mark.
     fn upsert(&self, state: &mut State, obj: Arc<Stored>, changes: &mut Vec<Change>) {
-        let current = self.upsert_listed(state, obj, changes);
         if let Some(relist) = &mut state.relist {
-            // Not expected between Init and InitDone, but keep the list's key set whole.
-            relist.listed.insert(ByName(current.clone()));
+            // Not expected between Init and InitDone; the list would otherwise drop it.
+            relist.listed.push(obj.clone());
         }
-        self.advance(&current);
+        self.advance(&obj);
+        let held = state.indexes.get(obj.namespace_key(), obj.name());
+        if held.is_some_and(|held| unchanged(held, &obj)) {
+            return;
+        }
+        let previous = state.indexes.insert(obj.clone());
+        changes.push(Change::Upserted {
+            object: obj,
+            previous,
+        });
     }
 
-    /// Inserts `obj` unless the same resourceVersion is held; returns what is held now.
-    fn upsert_listed(
-        &self,
-        state: &mut State,
-        obj: Arc<Stored>,
-        changes: &mut Vec<Change>,
-    ) -> Arc<Stored> {
-        if let Some(held) = state.indexes.get(obj.namespace_key(), obj.name())
-            && unchanged(held, &obj)
-        {
-            return held.clone();
-        }
-        state.indexes.insert(obj.clone());
-        changes.push(Change::Applied(obj.clone()));
-        obj
-    }
-
+    /// `InitDone`: the listed set replaces the store in one step, keeping the objects
+    /// held at the same version (no second copy of what did not change).
     fn finish_list(&self, state: &mut State, changes: &mut Vec<Change>) {
         let Some(relist) = state.relist.take() else {
             tracing::debug!(kind = %self.gvk, "InitDone without Init; ignored");
             return;
         };
-        let vanished: Vec<Arc<Stored>> = state
-            .indexes
-            .all()
-            .filter(|obj| !relist_contains(&relist.listed, obj))
-            .cloned()
-            .collect();
-        for obj in vanished {
-            state.indexes.remove(obj.namespace_key(), obj.name());
-            changes.push(Change::Deleted(obj));
+        let mut fresh = Indexes::default();
+        let mut listed = BTreeSet::new();
+        for obj in relist.listed {
+            let held = state.indexes.get(obj.namespace_key(), obj.name());
+            let kept = match held {
+                Some(held) if unchanged(held, &obj) => held.clone(),
+                _ => {
+                    changes.push(Change::Upserted {
+                        object: obj.clone(),
+                        previous: held.cloned(),
+                    });
+                    obj
+                }
+            };
+            fresh.insert(kept.clone());
+            listed.insert(ByName(kept));
         }
-        drop(relist.listed);
+        for obj in state.indexes.all() {
+            if !relist_contains(&listed, obj) {
+                changes.push(Change::Deleted(obj.clone()));
+            }
+        }
+        drop(listed);
+        state.indexes = fresh;
         self.caught_up_to
             .fetch_max(relist.highest, Ordering::AcqRel);
+        self.lists_completed_from
+            .fetch_max(relist.number, Ordering::AcqRel);
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         changes.push(Change::Relisted);
         self.synced.send_replace(true);
@@ -440,6 +517,29 @@ impl KindStore {
             .unwrap_or_else(PoisonError::into_inner);
         subscribers.retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
     }
+}
+
+/// A write read-your-writes waits for the store to show.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// Its namespace.
+    pub namespace: Option<&'a str>,
+    /// Its name.
+    pub name: &'a str,
+    /// What the store must show.
+    pub state: ExpectedState<'a>,
+    /// [`KindStore::list_mark`] when the write returned: a list started after it shows
+    /// the write, whatever happened to the object since.
+    pub mark: u64,
+}
+
+/// What the store must show of an expected write.
+#[derive(Debug, Clone, Copy)]
+pub enum ExpectedState<'a> {
+    /// The object at this resourceVersion or later (or a later event of the kind).
+    AtLeast(&'a str),
+    /// No object of that name with this uid.
+    Gone(&'a str),
 }
 
 impl std::fmt::Debug for KindStore {
@@ -492,18 +592,18 @@ mod tests {
     }
 
     fn list_all(store: &KindStore, objs: Vec<DynamicObject>) {
-        store.apply_event(Event::Init);
+        store.record_event(Event::Init);
         for obj in objs {
-            store.apply_event(Event::InitApply(obj));
+            store.record_event(Event::InitApply(obj));
         }
-        store.apply_event(Event::InitDone);
+        store.record_event(Event::InitDone);
     }
 
     #[test]
     fn applied_objects_are_found_by_get_and_list() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("one").rv(1).build()));
-        store.apply_event(Event::Apply(cm("b").ns("two").rv(2).build()));
+        store.record_event(Event::Apply(cm("a").ns("one").rv(1).build()));
+        store.record_event(Event::Apply(cm("b").ns("two").rv(2).build()));
         assert_eq!(
             store.get(Some("one"), "a").unwrap().resource_version(),
             Some("1")
@@ -528,9 +628,9 @@ mod tests {
     fn an_update_replaces_the_object_and_an_unchanged_resource_version_is_not_a_change() {
         let store = store();
         let mut rx = store.subscribe();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(1).data("k", "1").build()));
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(2).data("k", "2").build()));
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(2).data("k", "2").build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).data("k", "1").build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(2).data("k", "2").build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(2).data("k", "2").build()));
         assert_eq!(drain(&mut rx), ["applied a@1", "applied a@2"]);
         assert_eq!(
             store.get(Some("n"), "a").unwrap().to_value()["data"]["k"],
@@ -542,9 +642,9 @@ mod tests {
     #[test]
     fn a_delete_removes_the_object_and_emits_its_final_state() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).build()));
         let mut rx = store.subscribe();
-        store.apply_event(Event::Delete(cm("a").ns("n").rv(5).build()));
+        store.record_event(Event::Delete(cm("a").ns("n").rv(5).build()));
         assert!(store.get(Some("n"), "a").is_none());
         assert_eq!(drain(&mut rx), ["deleted a"]);
         assert_eq!(store.approx_bytes(), 0);
@@ -595,8 +695,8 @@ mod tests {
             &store,
             vec![cm("a").ns("n").rv(1).build(), cm("b").ns("n").rv(2).build()],
         );
-        store.apply_event(Event::Init);
-        store.apply_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::Init);
+        store.record_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
         // The list failed half-way; the watcher starts a new one.
         list_all(&store, vec![cm("b").ns("n").rv(2).build()]);
         assert_eq!(names(&store.list(None, &Selector::default())), ["n/b"]);
@@ -605,22 +705,22 @@ mod tests {
     #[test]
     fn the_owner_index_follows_a_change_of_controller_owner() {
         let store = store();
-        store.apply_event(Event::Apply(
+        store.record_event(Event::Apply(
             cm("child").ns("n").rv(1).owned_by("p1").build(),
         ));
-        store.apply_event(Event::Apply(
+        store.record_event(Event::Apply(
             cm("other").ns("m").rv(1).owned_by("p1").build(),
         ));
-        store.apply_event(Event::Apply(
+        store.record_event(Event::Apply(
             cm("loose").ns("n").rv(1).owner("p1", false).build(),
         ));
         assert_eq!(names(&store.owned_by("p1")), ["m/other", "n/child"]);
-        store.apply_event(Event::Apply(
+        store.record_event(Event::Apply(
             cm("child").ns("n").rv(2).owned_by("p2").build(),
         ));
         assert_eq!(names(&store.owned_by("p1")), ["m/other"]);
         assert_eq!(names(&store.owned_by("p2")), ["n/child"]);
-        store.apply_event(Event::Delete(
+        store.record_event(Event::Delete(
             cm("other").ns("m").rv(3).owned_by("p1").build(),
         ));
         assert!(store.owned_by("p1").is_empty());
@@ -633,10 +733,10 @@ mod tests {
     #[test]
     fn list_filters_by_namespace_and_label_selector() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("n").label("app", "web").build()));
-        store.apply_event(Event::Apply(cm("b").ns("n").label("app", "db").build()));
-        store.apply_event(Event::Apply(cm("c").ns("m").label("app", "web").build()));
-        store.apply_event(Event::Apply(cm("d").ns("n").build()));
+        store.record_event(Event::Apply(cm("a").ns("n").label("app", "web").build()));
+        store.record_event(Event::Apply(cm("b").ns("n").label("app", "db").build()));
+        store.record_event(Event::Apply(cm("c").ns("m").label("app", "web").build()));
+        store.record_event(Event::Apply(cm("d").ns("n").build()));
         let web = Selector::parse("app=web").unwrap();
         assert_eq!(names(&store.list(None, &web)), ["m/c", "n/a"]);
         assert_eq!(names(&store.list(Some("n"), &web)), ["n/a"]);
@@ -649,7 +749,7 @@ mod tests {
     fn cluster_scoped_kinds_ignore_the_namespace() {
         let b = ns_kind("x");
         let store = KindStore::new(b.gvk(), b.resource(), false);
-        store.apply_event(Event::Apply(ns_kind("prod").rv(1).build()));
+        store.record_event(Event::Apply(ns_kind("prod").rv(1).build()));
         assert!(store.get(None, "prod").is_some());
         assert!(store.get(Some("anything"), "prod").is_some());
         assert_eq!(store.list(Some("x"), &Selector::default()).len(), 1);
@@ -659,12 +759,12 @@ mod tests {
     #[test]
     fn seen_compares_resource_versions_numerically_and_counts_later_deletions() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(10).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(10).build()));
         assert!(store.seen(Some("n"), "a", "10"));
         assert!(store.seen(Some("n"), "a", "9"));
         assert!(!store.seen(Some("n"), "a", "11"));
         assert!(!store.seen(Some("n"), "new", "11"), "not created yet");
-        store.apply_event(Event::Delete(cm("a").ns("n").rv(12).build()));
+        store.record_event(Event::Delete(cm("a").ns("n").rv(12).build()));
         assert!(store.seen(Some("n"), "a", "11"), "deleted after the write");
         assert!(!store.seen(Some("n"), "a", "13"));
     }
@@ -674,7 +774,7 @@ mod tests {
         let store = store();
         let mut obj = cm("a").ns("n").build();
         obj.metadata.resource_version = Some("abc".into());
-        store.apply_event(Event::Apply(obj));
+        store.record_event(Event::Apply(obj));
         assert!(store.seen(Some("n"), "a", "abc"));
         assert!(!store.seen(Some("n"), "a", "abd"));
     }
@@ -683,21 +783,94 @@ mod tests {
     fn a_relist_in_progress_does_not_count_as_caught_up() {
         let store = store();
         list_all(&store, vec![cm("a").ns("n").rv(5).build()]);
-        store.apply_event(Event::Init);
-        store.apply_event(Event::InitApply(cm("b").ns("n").rv(20).build()));
-        // `a` was written at 15 meanwhile, but the list has not reached it yet.
+        store.record_event(Event::Init);
+        store.record_event(Event::InitApply(cm("b").ns("n").rv(20).build()));
+        // `a` was written at 15 meanwhile, but the list is not whole yet.
         assert!(!store.seen(Some("n"), "a", "15"));
-        assert!(store.seen(Some("n"), "b", "20"));
-        store.apply_event(Event::InitApply(cm("a").ns("n").rv(15).build()));
-        store.apply_event(Event::InitDone);
+        assert!(!store.seen(Some("n"), "b", "20"), "listed objects wait for InitDone");
+        store.record_event(Event::InitApply(cm("a").ns("n").rv(15).build()));
+        store.record_event(Event::InitDone);
         assert!(store.seen(Some("n"), "a", "15"));
+        assert!(store.seen(Some("n"), "b", "20"));
         assert!(store.seen(Some("n"), "gone", "19"));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_store_at_once_and_no_reader_sees_a_mix() {
+        let store = store();
+        list_all(
+            &store,
+            vec![cm("a").ns("n").rv(1).build(), cm("b").ns("n").rv(2).build()],
+        );
+        // While the watch was down, `a` and `b` were deleted and `c` created.
+        store.record_event(Event::Init);
+        let seen = || names(&store.list(None, &Selector::default()));
+        assert_eq!(seen(), ["n/a", "n/b"]);
+        store.record_event(Event::InitApply(cm("c").ns("n").rv(9).build()));
+        assert_eq!(seen(), ["n/a", "n/b"], "never {{a, b, c}}: a state that never existed");
+        assert!(store.get(Some("n"), "c").is_none());
+        store.record_event(Event::InitDone);
+        assert_eq!(seen(), ["n/c"]);
+    }
+
+    #[test]
+    fn a_relist_keeps_unchanged_objects_without_a_second_copy() {
+        let store = store();
+        list_all(&store, vec![cm("a").ns("n").rv(1).data("k", "v").build()]);
+        let before = store.get(Some("n"), "a").unwrap();
+        list_all(&store, vec![cm("a").ns("n").rv(1).data("k", "v").build()]);
+        assert!(Arc::ptr_eq(&before, &store.get(Some("n"), "a").unwrap()));
+    }
+
+    #[test]
+    fn an_update_reports_the_state_it_replaced() {
+        let store = store();
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).label("pool", "a").build()));
+        let mut rx = store.subscribe();
+        store.record_event(Event::Apply(cm("a").ns("n").rv(2).label("pool", "b").build()));
+        let Ok(Change::Upserted { object, previous }) = rx.try_recv() else {
+            panic!("an upsert");
+        };
+        assert_eq!(object.labels().get("pool").map(String::as_str), Some("b"));
+        let previous = previous.expect("the replaced state");
+        assert_eq!(previous.labels().get("pool").map(String::as_str), Some("a"));
+    }
+
+    #[test]
+    fn a_deletion_is_shown_once_the_uid_leaves_the_store_or_a_later_list_completes() {
+        let store = store();
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).build()));
+        let uid = store.get(Some("n"), "a").unwrap().uid().unwrap().to_owned();
+        let gone = Expected {
+            namespace: Some("n"),
+            name: "a",
+            state: ExpectedState::Gone(&uid),
+            mark: store.list_mark(),
+        };
+        assert!(!store.shows(&gone), "still cached");
+        store.record_event(Event::Delete(cm("a").ns("n").rv(2).build()));
+        assert!(store.shows(&gone));
+        // Re-created under the same name: another uid, so the deletion still shows.
+        store.record_event(Event::Apply(cm("a").ns("n").rv(3).uid("other").build()));
+        assert!(store.shows(&gone));
+
+        // A write at a version the watch never delivers (the object was deleted while
+        // the watch was down) shows once a list started after it completes.
+        let lost = Expected {
+            namespace: Some("n"),
+            name: "lost",
+            state: ExpectedState::AtLeast("100"),
+            mark: store.list_mark(),
+        };
+        assert!(!store.shows(&lost));
+        list_all(&store, vec![cm("a").ns("n").rv(3).uid("other").build()]);
+        assert!(store.shows(&lost));
     }
 
     #[tokio::test]
     async fn wait_seen_wakes_on_the_event_that_catches_up() {
         let store = Arc::new(store());
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).build()));
         let waiter = tokio::spawn({
             let store = store.clone();
             async move {
@@ -707,15 +880,15 @@ mod tests {
             }
         });
         tokio::task::yield_now().await;
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(2).build()));
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(3).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(2).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(3).build()));
         assert!(waiter.await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_seen_gives_up_after_the_timeout() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).build()));
         let started = tokio::time::Instant::now();
         assert!(
             !store
@@ -728,14 +901,14 @@ mod tests {
     #[tokio::test]
     async fn synced_resolves_after_the_first_complete_list() {
         let store = Arc::new(store());
-        store.apply_event(Event::Init);
-        store.apply_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
+        store.record_event(Event::Init);
+        store.record_event(Event::InitApply(cm("a").ns("n").rv(1).build()));
         assert!(!store.is_synced());
         let waiter = tokio::spawn({
             let store = store.clone();
             async move { store.synced().await }
         });
-        store.apply_event(Event::InitDone);
+        store.record_event(Event::InitDone);
         waiter.await.unwrap();
         assert!(store.is_synced());
         store.synced().await;
@@ -744,22 +917,22 @@ mod tests {
     #[test]
     fn each_subscriber_gets_every_change_after_subscribing() {
         let store = store();
-        store.apply_event(Event::Apply(cm("early").ns("n").rv(1).build()));
+        store.record_event(Event::Apply(cm("early").ns("n").rv(1).build()));
         let mut first = store.subscribe();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(2).build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(2).build()));
         let mut second = store.subscribe();
-        store.apply_event(Event::Delete(cm("a").ns("n").rv(3).build()));
+        store.record_event(Event::Delete(cm("a").ns("n").rv(3).build()));
         assert_eq!(drain(&mut first), ["applied a@2", "deleted a"]);
         assert_eq!(drain(&mut second), ["deleted a"]);
         drop(first);
-        store.apply_event(Event::Apply(cm("b").ns("n").rv(4).build()));
+        store.record_event(Event::Apply(cm("b").ns("n").rv(4).build()));
         assert_eq!(drain(&mut second), ["applied b@4"]);
     }
 
     #[test]
     fn objects_without_a_name_are_counted_and_skipped() {
         let store = store();
-        store.apply_event(Event::Apply(cm("").ns("n").build()));
+        store.record_event(Event::Apply(cm("").ns("n").build()));
         assert_eq!(store.rejected(), 1);
         assert!(store.is_empty());
     }
@@ -767,7 +940,7 @@ mod tests {
     #[test]
     fn approx_bytes_covers_the_json_of_every_object() {
         let store = store();
-        store.apply_event(Event::Apply(cm("a").ns("n").rv(1).data("k", "v").build()));
+        store.record_event(Event::Apply(cm("a").ns("n").rv(1).data("k", "v").build()));
         let json = store.get(Some("n"), "a").unwrap().json().len();
         assert!(store.approx_bytes() > json);
         assert!(

@@ -24,7 +24,7 @@
 //! - Other watch errors keep the resourceVersion and restart the watch from it; a watch
 //!   the server ends normally is resumed from the last bookmark.
 //!
-//! The store turns a relist into exactly the listed set ([`KindStore::apply_event`]):
+//! The store turns a relist into exactly the listed set ([`KindStore::record_event`]):
 //! objects deleted while the watch was down are removed with a [`Change::Deleted`], and
 //! objects changed meanwhile arrive as [`Change::Applied`].
 
@@ -34,7 +34,7 @@ mod stored;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use kind::{Change, KindStore};
+pub use kind::{Change, Expected, ExpectedState, KindStore};
 pub use stored::Stored;
 
 use crate::contract::Gvk;
@@ -269,6 +269,26 @@ impl Stores {
     }
 }
 
+#[cfg(test)]
+impl Stores {
+    /// Stores whose client points nowhere (no watch is ever started by the tests).
+    pub(crate) fn new_offline() -> Self {
+        let url: http::Uri = "http://127.0.0.1:9".parse().expect("a valid URL");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("a client");
+        Self::new(client)
+    }
+
+    /// Offline stores holding one empty ConfigMap store, fed by the test.
+    pub(crate) fn with_test_store() -> (Self, Arc<KindStore>) {
+        let stores = Self::new_offline();
+        let b = testing::cm("x");
+        let store = Arc::new(KindStore::new(b.gvk(), b.resource(), true));
+        let cell = Arc::new(OnceCell::new_with(Some(store.clone())));
+        stores.lock_kinds().insert(b.gvk(), cell);
+        (stores, store)
+    }
+}
+
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stores")
@@ -304,7 +324,7 @@ async fn run_watch(store: Arc<KindStore>, api: Api<DynamicObject>) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         match event {
-            Ok(event) => store.apply_event(event),
+            Ok(event) => store.record_event(event),
             Err(error) => {
                 store.record_watch_restart();
                 tracing::warn!(%error, "watch failed; retrying after backoff");

@@ -163,7 +163,7 @@ impl Obj {
 /// A change as one line (`applied a@5`, `deleted b`, `relisted`), for asserting sequences.
 pub(crate) fn describe(change: super::Change) -> String {
     match change {
-        super::Change::Applied(o) => format!(
+        super::Change::Upserted { object: o, .. } => format!(
             "applied {}@{}",
             o.name(),
             o.resource_version().unwrap_or("-")

@@ -1,0 +1,89 @@
+//! A rekon test plugin for the write-safety tests. Its primaries are ConfigMaps labelled
+//! `rekon.dev/replicas`; the label's value picks the behaviour:
+//!
+//! - `generate`: keep `data.size` child ConfigMaps, as a ReplicaSet keeps Pods. Missing
+//!   ones are created with `generateName: <primary>-` (all in one output); extras are
+//!   deleted, newest first. The children are found in the snapshot by owner reference,
+//!   so a stale cache would show here as duplicates or repeated deletes.
+//! - `create-existing`: create the ConfigMap named `data.target` on every reconcile,
+//!   whether or not it exists (the host must not loop on its AlreadyExists).
+//!
+//! ConfigMaps without the label (the children among them) are left alone.
+
+use rekon_sdk::k8s_openapi::api::core::v1::ConfigMap;
+use rekon_sdk::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rekon_sdk::{Error, Metadata, Output, Plugin, Request, Target};
+use std::time::Duration;
+
+/// The label that makes a ConfigMap a primary; its value is the mode.
+pub const LABEL: &str = "rekon.dev/replicas";
+
+/// The plugin.
+pub struct Replicas;
+
+impl Plugin for Replicas {
+    fn metadata() -> Metadata {
+        Metadata::new::<ConfigMap>("replicas", env!("CARGO_PKG_VERSION"))
+            .owns::<ConfigMap>()
+            .resync(Duration::from_secs(3600))
+    }
+
+    fn reconcile(req: Request) -> Result<Output, Error> {
+        let primary: ConfigMap = req.primary()?;
+        let labels = primary.metadata.labels.clone().unwrap_or_default();
+        let data = primary.data.clone().unwrap_or_default();
+        match labels.get(LABEL).map(String::as_str) {
+            Some("generate") => {
+                let size: usize = data.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
+                generate(&req, size)
+            }
+            Some("create-existing") => {
+                let target = data.get("target").cloned().unwrap_or_default();
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        owner_references: Some(vec![req.owner_reference()]),
+                        ..req.child_meta(target)
+                    },
+                    ..ConfigMap::default()
+                };
+                Ok(Output::new().create(&cm))
+            }
+            _ => Ok(Output::new()),
+        }
+    }
+}
+
+/// Keeps `size` children: creates the missing ones with generated names, deletes the
+/// newest extras.
+fn generate(req: &Request, size: usize) -> Result<Output, Error> {
+    let mut children: Vec<ConfigMap> = req
+        .related::<ConfigMap>()?
+        .into_iter()
+        .filter(|c| rekon_sdk::owner::is_controlled_by(&c.metadata, req))
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .collect();
+    // Oldest first: by creation time, then name.
+    children.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
+    let mut out = Output::new();
+    for _ in children.len()..size {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", req.name())),
+                namespace: req.namespace().map(str::to_owned),
+                owner_references: Some(vec![req.owner_reference()]),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        out = out.create(&cm);
+    }
+    for extra in children.iter().skip(size).rev() {
+        out = out.delete(Target::of(extra)?);
+    }
+    Ok(out)
+}
+
+rekon_sdk::export_plugin!(Replicas);

@@ -1,0 +1,366 @@
+//! Write safety on the real API server: consent before taking over an object, no loop on
+//! a persistent 409, several `generateName` creates in one output, relabelled objects
+//! mapped on both sides, and (through the fault proxy) read-your-writes under a lagging
+//! watch.
+
+use crate::controller::{WAIT, count, idle, install_crds, plugin, setup, webapp, webapps};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rekon_host::controller::{self, Host, PluginOptions, Reconciler};
+use rekon_host::contract::Gvk;
+use rekon_tests::controlplane::wait_until;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A host running one plugin with `options`, scoped to `ns`.
+pub(crate) async fn start_with(
+    client: &kube::Client,
+    ns: &str,
+    crate_name: &str,
+    options: PluginOptions,
+) -> (Host, Arc<Reconciler>) {
+    crate::logs();
+    let host = Host::new(client.clone(), crate::controller::config(ns));
+    let running = host
+        .start_with(plugin(crate_name), options)
+        .await
+        .expect("plugin starts");
+    (host, running)
+}
+
+/// The Warning Events with `reason` regarding the object named `name`.
+async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events list")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect()
+}
+
+fn user_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"owner": "user"}},
+        "spec": {"selector": {"app": "user-shop"},
+                 "ports": [{"name": "web", "port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap()
+}
+
+/// The user's Service as the assertions compare it: selector, ports, owners.
+fn shape(s: &Service) -> serde_json::Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    json!({
+        "selector": spec.selector,
+        "ports": spec.ports.unwrap_or_default().iter()
+            .map(|p| json!([p.port, p.target_port])).collect::<Vec<_>>(),
+        "owners": s.metadata.owner_references.clone().unwrap_or_default().len(),
+        "resourceVersion": s.metadata.resource_version,
+    })
+}
+
+#[tokio::test]
+async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_owned_warning() {
+    let (client, ns) = setup("consent").await;
+    install_crds(&client, "plugins/webapp/crd.yaml").await;
+    let services: Api<Service> = ns.api();
+    let before = services
+        .create(&PostParams::default(), &user_service("shop"))
+        .await
+        .unwrap();
+    let (_host, running) = start_with(&client, ns.name(), "webapp", PluginOptions::default()).await;
+    let apps = webapps(&client, ns.name());
+    apps.create(&PostParams::default(), &webapp("shop", 2))
+        .await
+        .unwrap();
+
+    // The reconcile ran (its Deployment exists) and stopped at the Service.
+    let deployments: Api<Deployment> = ns.api();
+    wait_until("the Deployment exists", WAIT, || async {
+        deployments.get_opt("shop").await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let events: Api<Event> = ns.api();
+    let warning = wait_until("a NotOwned warning on the WebApp", WAIT, || async {
+        warnings(&events, "NotOwned", "shop").await.into_iter().next()
+    })
+    .await
+    .unwrap();
+    let note = warning.note.unwrap_or_default();
+    assert!(
+        note.contains("Service") && note.contains("shop") && note.contains("field managers"),
+        "the note names the object and who holds it: {note}"
+    );
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        running.stats().write_errors().get("not_owned").copied() >= Some(1),
+        "{:?}",
+        running.stats().write_errors()
+    );
+    let after = services.get("shop").await.unwrap();
+    assert_eq!(shape(&after), shape(&before), "the user's Service is untouched");
+
+    // Deleting the WebApp does not take the user's Service with it.
+    apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    wait_until("the garbage collector removes the Deployment", WAIT, || async {
+        deployments
+            .get_opt("shop")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let survived = services.get("shop").await.expect("the Service survives");
+    assert_eq!(shape(&survived), shape(&before));
+}
+
+#[tokio::test]
+async fn adoption_is_opt_in_per_kind_and_takes_the_object_over() {
+    let (client, ns) = setup("adopt").await;
+    install_crds(&client, "plugins/webapp/crd.yaml").await;
+    let services: Api<Service> = ns.api();
+    services
+        .create(&PostParams::default(), &user_service("shop"))
+        .await
+        .unwrap();
+    let options = PluginOptions {
+        adopt: vec![Gvk::new("", "v1", "Service")],
+        ..Default::default()
+    };
+    let (_host, running) = start_with(&client, ns.name(), "webapp", options).await;
+    let apps = webapps(&client, ns.name());
+    let app = apps
+        .create(&PostParams::default(), &webapp("shop", 2))
+        .await
+        .unwrap();
+    let uid = app.metadata.uid.unwrap();
+    let adopted = wait_until("the Service is adopted", WAIT, || async {
+        let s = services.get("shop").await.ok()?;
+        let controller = s
+            .metadata
+            .owner_references
+            .clone()?
+            .into_iter()
+            .find(|r| r.controller == Some(true))?;
+        (controller.uid == uid).then_some(s)
+    })
+    .await
+    .unwrap();
+    let selector = adopted.spec.unwrap().selector.unwrap_or_default();
+    assert_eq!(selector.get("app").map(String::as_str), Some("shop"));
+    idle(&running).await;
+    assert_eq!(running.stats().write_errors().get("not_owned"), None);
+}
+
+fn replicas_primary(name: &str, mode: &str, data: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"rekon.dev/replicas": mode}},
+        "data": data,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
+    let (client, ns) = setup("exists").await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "taken"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    cms.create(
+        &PostParams::default(),
+        &replicas_primary("creator", "create-existing", json!({"target": "taken"})),
+    )
+    .await
+    .unwrap();
+    wait_until("the first reconcile", WAIT, || async {
+        (count(&running.stats().reconciles) > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let started = count(&running.stats().reconciles);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = count(&running.stats().reconciles) - started;
+    // Backoff from 5 ms doubling: 11 attempts fill ~10 s; a 5 ms loop would be ~2000.
+    assert!(calls <= 15, "{calls} reconciles in 10 s");
+    assert!(calls >= 3, "it keeps retrying with backoff: {calls}");
+    assert!(
+        running.stats().write_errors().get("already_exists").copied() >= Some(3),
+        "{:?}",
+        running.stats().write_errors()
+    );
+    assert_eq!(count(&running.stats().conflicts), 0, "not a conflict loop");
+}
+
+/// The children of the `replicas` primary `owner` in the API server (not the cache).
+async fn children(cms: &Api<ConfigMap>, owner_uid: &str) -> Vec<String> {
+    cms.list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|c| {
+            c.metadata.deletion_timestamp.is_none()
+                && c.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.uid == owner_uid)
+        })
+        .filter_map(|c| c.metadata.name)
+        .collect()
+}
+
+/// Sets `size` and waits until the API server holds exactly that many children,
+/// sampling every 100 ms: returns the most seen at once, and how long it took.
+pub(crate) async fn scale(
+    cms: &Api<ConfigMap>,
+    owner_uid: &str,
+    from: usize,
+    size: usize,
+    limit: Duration,
+) -> (usize, Duration) {
+    let started = Instant::now();
+    cms.patch(
+        "rs",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"size": size.to_string()}})),
+    )
+    .await
+    .unwrap();
+    let mut most = from;
+    loop {
+        let n = children(cms, owner_uid).await.len();
+        most = most.max(n);
+        if n == size {
+            return (most, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "scaling {from} → {size}: {n} children after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn several_generate_name_creates_in_one_output_are_all_written_and_scaling_never_duplicates()
+{
+    let (client, ns) = setup("generate").await;
+    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    let cms: Api<ConfigMap> = ns.api();
+    let rs = cms
+        .create(
+            &PostParams::default(),
+            &replicas_primary("rs", "generate", json!({"size": "3"})),
+        )
+        .await
+        .unwrap();
+    let uid = rs.metadata.uid.unwrap();
+    wait_until("three children", WAIT, || async {
+        (children(&cms, &uid).await.len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut from = 3;
+    let mut steps = BTreeMap::new();
+    for size in [8, 2, 7, 1, 5] {
+        let (most, took) = scale(&cms, &uid, from, size, WAIT).await;
+        assert!(
+            most <= from.max(size),
+            "scaling {from} → {size}: {most} children at once (a duplicate create)"
+        );
+        steps.insert(format!("{from}->{size}"), took);
+        from = size;
+    }
+    idle(&running).await;
+    assert_eq!(children(&cms, &uid).await.len(), 5);
+    let stats = running.stats();
+    assert_eq!(
+        count(&stats.apply_errors),
+        0,
+        "no create failed: {:?}",
+        stats.write_errors()
+    );
+    println!("generateName scaling, no delay: {steps:?}");
+}
+
+#[tokio::test]
+async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
+    let (client, ns) = setup("relabel").await;
+    install_crds(&client, "plugins/nodepool/crd.yaml").await;
+    let (_host, running) = start_with(&client, ns.name(), "nodepool", PluginOptions::default()).await;
+    let pools = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodePool");
+    let reports = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodeReport");
+    for pool in ["a", "b"] {
+        pools
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "rekon.dev/v1alpha1", "kind": "NodePool",
+                    "metadata": {"name": pool}, "spec": {"minHealthy": 1},
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    reports
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "rekon.dev/v1alpha1", "kind": "NodeReport",
+                "metadata": {"name": "n1", "labels": {"rekon.dev/pool": "a"}},
+                "spec": {"healthy": true},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let total = |pool: &'static str| {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get(pool).await.ok()?;
+            p.data["status"]["total"].as_u64()
+        }
+    };
+    wait_until("pool a counts the report", WAIT, || async {
+        (total("a").await == Some(1) && total("b").await == Some(0)).then_some(())
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    reports
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"rekon.dev/pool": "b"}}})),
+        )
+        .await
+        .unwrap();
+    // The plugin's resync is minutes away: only mapping the old labels finds pool a.
+    wait_until("both pools follow the move", Duration::from_secs(20), || async {
+        (total("a").await == Some(0) && total("b").await == Some(1)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[allow(dead_code)]
+fn _uses(_: controller::Config) {}
