@@ -3,7 +3,10 @@
 //! [`FaultProxy::start`] listens on `127.0.0.1:0` (plain HTTP/1.1, no auth) and forwards
 //! every request with an upstream [`kube::Client`], which does TLS and authentication.
 //! Response bodies are streamed through chunk by chunk, never buffered whole, so watches
-//! work. A host reaches the proxy through [`FaultProxy::client`] (in process) or a
+//! work. Chunks as read from upstream follow socket reads, not events (one chunk may
+//! hold several watch events and end inside the next), so JSON watch bodies are re-cut at
+//! newlines: there every chunk the proxy delays, holds or drops is one whole event. A
+//! host reaches the proxy through [`FaultProxy::client`] (in process) or a
 //! kubeconfig from [`FaultProxy::write_kubeconfig`] (a `rekon run` child process).
 //!
 //! Faults are [`Rule`]s, added and removed while the proxy runs: a [`Matcher`] (methods,
@@ -615,8 +618,10 @@ impl FaultProxy {
     }
 
     /// Ends every watch response in flight whose path (with query) contains
-    /// `path_substring`: its body ends as if the API server had closed the watch, so
-    /// the client sees the stream end and re-watches. Returns how many were cut.
+    /// `path_substring`: its body ends cleanly, as if the API server had closed the
+    /// watch, so the client sees the stream end and re-watches. Events not delivered yet
+    /// (delayed, held, blocked) are dropped, never half an event; a client re-watching
+    /// from its last resourceVersion gets them again. Returns how many were cut.
     pub fn cut_watches(&self, path_substring: &str) -> usize {
         let state = self.shared.lock();
         let mut cut = 0;
@@ -832,6 +837,12 @@ async fn handle(
         );
         id
     };
+    let json = upstream_parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let by_line = json && is_watch(&path);
     tokio::spawn(pump(
         shared.clone(),
         Pumped {
@@ -840,6 +851,7 @@ async fn handle(
             index,
             stream_id,
             cut,
+            by_line,
         },
         upstream_body,
         tx,
@@ -859,6 +871,29 @@ struct Pumped {
     index: usize,
     stream_id: u64,
     cut: Arc<Notify>,
+    /// Whether chunks are re-cut at newlines: JSON watch bodies, so that a chunk is one
+    /// whole event (upstream chunks follow reads, not events).
+    by_line: bool,
+}
+
+/// Splits data into complete lines (each with its `\n`) as it arrives; what follows the
+/// last newline waits for more.
+#[derive(Default)]
+struct Lines {
+    partial: bytes::BytesMut,
+}
+
+impl Lines {
+    fn push(&mut self, data: &[u8], mut line: impl FnMut(Bytes)) {
+        self.partial.extend_from_slice(data);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            line(self.partial.split_to(end + 1).freeze());
+        }
+    }
+
+    fn rest(&mut self) -> Option<Bytes> {
+        (!self.partial.is_empty()).then(|| self.partial.split().freeze())
+    }
 }
 
 type Chunk = Result<Frame<Bytes>, BoxError>;
@@ -877,6 +912,7 @@ async fn pump(
     let mut changed = shared.changed.subscribe();
     let mut stopped = shared.stopped.subscribe();
     let mut upstream_done = false;
+    let mut lines = Lines::default();
     loop {
         if upstream_done && queue.is_empty() {
             break;
@@ -905,13 +941,34 @@ async fn pump(
                 (Ok(permit), Some((_, chunk))) => permit.send(chunk),
                 _ => break,
             },
-            frame = body.frame(), if !upstream_done => match frame {
-                Some(Ok(frame)) => queue.push_back((Instant::now(), Ok(frame))),
-                Some(Err(e)) => {
-                    queue.push_back((Instant::now(), Err(Box::new(e) as BoxError)));
-                    upstream_done = true;
+            frame = body.frame(), if !upstream_done => {
+                let now = Instant::now();
+                let mut push = |chunk: Chunk| queue.push_back((now, chunk));
+                match frame {
+                    Some(Ok(frame)) if stream.by_line => match frame.into_data() {
+                        Ok(data) => lines.push(&data, |line| push(Ok(Frame::data(line)))),
+                        Err(frame) => {
+                            if let Some(rest) = lines.rest() {
+                                push(Ok(Frame::data(rest)));
+                            }
+                            push(Ok(frame));
+                        }
+                    },
+                    Some(Ok(frame)) => push(Ok(frame)),
+                    Some(Err(e)) => {
+                        if let Some(rest) = lines.rest() {
+                            push(Ok(Frame::data(rest)));
+                        }
+                        push(Err(Box::new(e) as BoxError));
+                        upstream_done = true;
+                    }
+                    None => {
+                        if let Some(rest) = lines.rest() {
+                            push(Ok(Frame::data(rest)));
+                        }
+                        upstream_done = true;
+                    }
                 }
-                None => upstream_done = true,
             },
             () = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => {}
             result = changed.changed() => if result.is_err() {
@@ -920,4 +977,50 @@ async fn pump(
         }
     }
     shared.lock().streams.remove(&stream.stream_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cut_at_newlines_and_the_rest_waits_for_more() {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        lines.push(b"{\"a\":1}\n{\"b\":", |l| out.push(l));
+        assert_eq!(out, [Bytes::from_static(b"{\"a\":1}\n")]);
+        lines.push(b"2}\n{\"c\":3}\n{", |l| out.push(l));
+        assert_eq!(
+            out[1..],
+            [
+                Bytes::from_static(b"{\"b\":2}\n"),
+                Bytes::from_static(b"{\"c\":3}\n")
+            ]
+        );
+        assert_eq!(lines.rest(), Some(Bytes::from_static(b"{")));
+        assert_eq!(lines.rest(), None);
+    }
+
+    #[test]
+    fn a_watch_is_told_by_its_query() {
+        assert!(is_watch("/api/v1/configmaps?watch=true&resourceVersion=1"));
+        assert!(is_watch("/api/v1/configmaps?labelSelector=a&watch=1"));
+        assert!(!is_watch("/api/v1/configmaps?watch=false"));
+        assert!(!is_watch("/api/v1/configmaps/watch=true"));
+        assert!(!is_watch("/api/v1/configmaps?resourceVersion=1"));
+    }
+
+    #[test]
+    fn a_matcher_needs_every_criterion() {
+        let rule = Rule::new(Action::HoldEvents)
+            .writes()
+            .path("/configmaps")
+            .not_watches();
+        let m = &rule.matcher;
+        assert!(m.matches(&Method::PATCH, "/api/v1/namespaces/n/configmaps/x"));
+        assert!(!m.matches(&Method::GET, "/api/v1/namespaces/n/configmaps/x"));
+        assert!(!m.matches(&Method::POST, "/api/v1/namespaces/n/secrets"));
+        assert!(!m.matches(&Method::POST, "/api/v1/namespaces/n/configmaps?watch=true"));
+        assert!(Matcher::default().matches(&Method::GET, "/anything?watch=1"));
+    }
 }

@@ -199,6 +199,25 @@ async fn an_injected_409_is_seen_by_the_client_and_the_next_request_passes() {
 }
 
 #[tokio::test]
+async fn an_injected_503_is_retried_away_by_a_default_kube_client() {
+    let (_client, ns, proxy, through) = proxied("proxy-503").await;
+    let via: Api<ConfigMap> = Api::namespaced(through, ns.name());
+    let rule = proxy.add(
+        Rule::new(Action::status(StatusCode::SERVICE_UNAVAILABLE))
+            .path("/configmaps/absent")
+            .times(1),
+    );
+    // kube's client retries 429, 503 and 504 itself (`Config::default_retry`).
+    assert!(via.get_opt("absent").await.unwrap().is_none());
+    let answers: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .map(|s| (s.status, s.rule))
+        .collect();
+    assert_eq!(answers, [(Some(503), Some(rule)), (Some(404), None)]);
+}
+
+#[tokio::test]
 async fn delayed_watch_events_arrive_after_the_delay_and_in_order() {
     const DELAY: Duration = Duration::from_secs(2);
     let (client, ns, proxy, through) = proxied("proxy-delay").await;
@@ -268,6 +287,45 @@ async fn held_watch_events_are_released_in_order_when_the_rule_is_removed() {
     assert!(proxy.remove(rule));
     let got = receive(&mut rx, 4).await;
     assert_eq!(names(&got), ["one", "two", "three", "four"]);
+}
+
+#[tokio::test]
+async fn events_held_when_a_watch_is_cut_come_again_on_the_reopened_watch() {
+    let (client, ns, proxy, through) = proxied("proxy-cut-held").await;
+    let direct: Api<ConfigMap> = Api::namespaced(client, ns.name());
+    let via: Api<ConfigMap> = Api::namespaced(through, ns.name());
+    let version = list_version(&direct).await;
+    let mut rx = added_names(via.watch(&WatchParams::default(), &version).await.unwrap());
+    direct
+        .create(&PostParams::default(), &config_map("seen"))
+        .await
+        .unwrap();
+    assert_eq!(names(&receive(&mut rx, 1).await), ["seen"]);
+
+    let hold = proxy.add(Rule::new(Action::HoldEvents).watches());
+    for name in ["held-1", "held-2"] {
+        direct
+            .create(&PostParams::default(), &config_map(name))
+            .await
+            .unwrap();
+    }
+    let early = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+    assert!(early.is_err(), "a held event arrived: {early:?}");
+    assert_eq!(proxy.cut_watches("/configmaps"), 1);
+    proxy.remove(hold);
+    // The cut stream ends without delivering what it held.
+    let end = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+    assert!(end.is_none(), "the cut watch delivered {end:?}");
+
+    // Re-watching from the last version seen brings them.
+    let last = direct
+        .get("seen")
+        .await
+        .unwrap()
+        .resource_version()
+        .unwrap();
+    let mut rx = added_names(via.watch(&WatchParams::default(), &last).await.unwrap());
+    assert_eq!(names(&receive(&mut rx, 2).await), ["held-1", "held-2"]);
 }
 
 #[tokio::test]
