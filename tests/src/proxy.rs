@@ -623,15 +623,17 @@ impl FaultProxy {
     /// (delayed, held, blocked) are dropped, never half an event; a client re-watching
     /// from its last resourceVersion gets them again. Returns how many were cut.
     pub fn cut_watches(&self, path_substring: &str) -> usize {
-        let state = self.shared.lock();
-        let mut cut = 0;
-        for stream in state.streams.values() {
-            if stream.watch && stream.path.contains(path_substring) {
+        let mut state = self.shared.lock();
+        let before = state.streams.len();
+        // Cut streams leave the registry at once: a second call does not count them.
+        state.streams.retain(|_, stream| {
+            let cut = stream.watch && stream.path.contains(path_substring);
+            if cut {
                 stream.cut.notify_one();
-                cut += 1;
             }
-        }
-        cut
+            !cut
+        });
+        before - state.streams.len()
     }
 
     /// `true`: a network partition of the proxy's clients. Every new request is
