@@ -1,6 +1,7 @@
 //! Support for rekon's integration tests: a local kube-apiserver ([`controlplane`]),
 //! builds of the wasm plugins ([`plugins`]) and of the `rekon` binary ([`binary`]), and
-//! `rekon run` as a process ([`process`]).
+//! `rekon run` as a process ([`process`]), and a fault-injecting proxy in front of the API
+//! server ([`proxy`]).
 
 #![warn(missing_docs)]
 
@@ -8,3 +9,4 @@ pub mod binary;
 pub mod controlplane;
 pub mod plugins;
 pub mod process;
+pub mod proxy;

@@ -8,6 +8,7 @@ mod deploy;
 mod examples;
 mod isolation;
 mod operator;
+mod proxy;
 mod sandbox;
 mod scaffold;
 mod smoke;
