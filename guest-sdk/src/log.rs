@@ -57,6 +57,7 @@ impl Level {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_wire(level: sys::Level) -> Self {
         match level {
             sys::Level::Trace => Self::Trace,
@@ -68,6 +69,7 @@ impl Level {
     }
 }
 
+/// Sends one line to the host, whichever it is (see `crate::host`).
 pub(crate) fn write(level: Level, message: &str, fields: &[(String, String)]) {
     crate::host().log(level.to_wire(), message, fields);
 }
