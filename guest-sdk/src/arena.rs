@@ -13,7 +13,7 @@
 //! part of the instance's initial memory, so a typical call never executes `memory.grow`
 //! (whose page-protection changes, made again for every fresh instance, cost the host two
 //! `mprotect` calls and a TLB shootdown per call), and untouched arena pages are never
-//! faulted in. Measured in issue 7 (`cargo bench -p rekon-tests --bench call`).
+//! faulted in. BENCHMARKS.md has the figures (`cargo bench -p rekon-tests --bench call`).
 //!
 //! Enabled by the default `arena` feature on `wasm32`; a plugin that wants its own
 //! `#[global_allocator]` disables the SDK's default features. Native builds (unit tests)

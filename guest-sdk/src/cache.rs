@@ -24,6 +24,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+use crate::sys::{self, Host as _};
 use crate::{DynamicObject, Gvk, Kind};
 
 /// Why a cache query failed.
@@ -83,7 +84,7 @@ pub fn get<T: Kind + DeserializeOwned>(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<T>, Error> {
-    crate::sys::get(&T::gvk(), namespace, name)?
+    get_json(&T::gvk(), namespace, name)?
         .map(|json| decode(T::KIND, &json))
         .transpose()
 }
@@ -99,7 +100,7 @@ pub fn list<T: Kind + DeserializeOwned>(
     namespace: Option<&str>,
     selector: Option<&str>,
 ) -> Result<Vec<T>, Error> {
-    crate::sys::list(&T::gvk(), namespace, selector)?
+    list_json(&T::gvk(), namespace, selector)?
         .iter()
         .map(|json| decode(T::KIND, json))
         .collect()
@@ -115,7 +116,7 @@ pub fn get_dynamic(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<DynamicObject>, Error> {
-    crate::sys::get(kind, namespace, name)?
+    get_json(kind, namespace, name)?
         .map(|json| decode(&kind.kind, &json))
         .transpose()
 }
@@ -130,10 +131,33 @@ pub fn list_dynamic(
     namespace: Option<&str>,
     selector: Option<&str>,
 ) -> Result<Vec<DynamicObject>, Error> {
-    crate::sys::list(kind, namespace, selector)?
+    list_json(kind, namespace, selector)?
         .iter()
         .map(|json| decode(&kind.kind, json))
         .collect()
+}
+
+fn get_json(kind: &Gvk, namespace: Option<&str>, name: &str) -> Result<Option<String>, Error> {
+    crate::host()
+        .get(&crate::raw::gvk_to_wit(kind), namespace, name)
+        .map_err(refusal)
+}
+
+fn list_json(
+    kind: &Gvk,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    crate::host()
+        .list(&crate::raw::gvk_to_wit(kind), namespace, selector)
+        .map_err(refusal)
+}
+
+fn refusal(e: sys::CacheError) -> Error {
+    match e {
+        sys::CacheError::UndeclaredKind(m) => Error::UndeclaredKind(m),
+        sys::CacheError::BadSelector(m) => Error::BadSelector(m),
+    }
 }
 
 fn decode<T: DeserializeOwned>(kind: &str, json: &str) -> Result<T, Error> {

@@ -10,7 +10,8 @@
 /// On native targets: the installed [`FakeHost`](crate::testing::FakeHost)'s time, or
 /// the system clock when no fake is installed or it has no fixed time.
 pub fn now() -> i64 {
-    crate::sys::now_ms()
+    use crate::sys::Host as _;
+    crate::host().now_ms()
 }
 
 /// The host's time as RFC 3339 in UTC with second precision, as Kubernetes writes

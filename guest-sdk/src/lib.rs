@@ -117,8 +117,22 @@ pub mod raw;
 mod request;
 pub mod selector;
 mod sys;
+
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+
+/// The host behind the SDK's host calls: the component's imports on `wasm32`.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host() -> impl sys::Host {
+    sys::Imports
+}
+
+/// The host behind the SDK's host calls on native targets: the [`testing::FakeHost`]
+/// installed on this thread, if any.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn host() -> impl sys::Host {
+    testing::host::Current
+}
 
 pub use condition::Condition;
 pub use error::Error;

@@ -17,6 +17,8 @@
 
 use std::fmt;
 
+use crate::sys::{self, Host as _};
+
 /// Severity of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
@@ -44,13 +46,41 @@ impl fmt::Display for Level {
     }
 }
 
+impl Level {
+    pub(crate) fn to_wire(self) -> sys::Level {
+        match self {
+            Self::Trace => sys::Level::Trace,
+            Self::Debug => sys::Level::Debug,
+            Self::Info => sys::Level::Info,
+            Self::Warn => sys::Level::Warn,
+            Self::Error => sys::Level::Error,
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn from_wire(level: sys::Level) -> Self {
+        match level {
+            sys::Level::Trace => Self::Trace,
+            sys::Level::Debug => Self::Debug,
+            sys::Level::Info => Self::Info,
+            sys::Level::Warn => Self::Warn,
+            sys::Level::Error => Self::Error,
+        }
+    }
+}
+
+/// Sends one line to the host, whichever it is (see `crate::host`).
+pub(crate) fn write(level: Level, message: &str, fields: &[(String, String)]) {
+    crate::host().log(level.to_wire(), message, fields);
+}
+
 /// Writes one log line with key/value fields.
 pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
     let fields: Vec<(String, String)> = fields
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    crate::sys::log(level, message, &fields);
+    write(level, message, &fields);
 }
 
 /// Writes a trace line.
@@ -84,7 +114,7 @@ pub fn __write(level: Level, message: fmt::Arguments<'_>, fields: Vec<(String, S
     let message = message
         .as_str()
         .map_or_else(|| message.to_string(), str::to_owned);
-    crate::sys::log(level, &message, &fields);
+    write(level, &message, &fields);
 }
 
 /// Logs at a [`Level`] with a format string and optional `; key = value` fields (values

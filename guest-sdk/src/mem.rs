@@ -4,7 +4,7 @@
 //! Every ordered comparison of strings and byte slices ends up there — `BTreeMap` keys
 //! in particular, and Kubernetes objects are full of maps whose keys share long prefixes
 //! (`app.kubernetes.io/…` labels, annotations). Decoding a typed object's metadata spent
-//! about a tenth of a reconcile in that loop (issue 7). This definition takes precedence
+//! a noticeable share of a reconcile in that loop (BENCHMARKS.md). This definition takes precedence
 //! over wasi-libc's at link time; natively the platform's `memcmp` stays.
 //!
 //! It reads through raw pointers only: a slice comparison here would call `memcmp`.

@@ -128,8 +128,8 @@ fn mutation_to_wit(mutation: &Mutation) -> wit::Mutation {
 }
 
 /// Compact JSON text, written straight into a byte buffer: `Value::to_string` goes through
-/// `fmt::Display` and a `fmt::Write` adapter, which in wasm cost about a seventh of a
-/// reconcile (issue 7). Serialising a `Value` cannot fail; an empty string would be
+/// `fmt::Display` and a `fmt::Write` adapter, which in wasm is markedly slower
+/// (BENCHMARKS.md). Serialising a `Value` cannot fail; an empty string would be
 /// refused by the host as malformed.
 fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -210,7 +210,7 @@ fn install_panic_hook() {
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                     .unwrap_or_default();
-                crate::sys::log(
+                crate::log::write(
                     crate::log::Level::Error,
                     &format!("plugin panicked at {location}: {message}"),
                     &[

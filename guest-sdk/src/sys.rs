@@ -1,53 +1,65 @@
-//! Where host calls go: the component's `rekon:plugin/host` imports on `wasm32`, the
-//! [`testing`](crate::testing) fake host on native targets (wit-bindgen's native import
-//! stubs are `unreachable!()`).
+//! The port to the host: what a plugin may ask of it, in the contract's wire types only
+//! (`rekon:plugin/host`). Callers ([`cache`](crate::cache), [`log`](mod@crate::log),
+//! [`clock`](crate::clock)) convert to and from their own types.
+//!
+//! On `wasm32` the component's imports implement [`Host`] ([`Imports`]); on native
+//! targets wit-bindgen's import stubs are `unreachable!()`, so the crate root picks the
+//! [`testing`](crate::testing) fake instead (`crate::host`).
 
-#[cfg(target_arch = "wasm32")]
-mod imp {
-    use crate::bindings::rekon::plugin::host;
-    use crate::log::Level;
-    use crate::{Gvk, cache};
+pub(crate) use crate::bindings::rekon::plugin::host::{CacheError, Level};
+pub(crate) use crate::bindings::rekon::plugin::types::Gvk;
 
-    pub fn log(level: Level, message: &str, fields: &[(String, String)]) {
-        let level = match level {
-            Level::Trace => host::Level::Trace,
-            Level::Debug => host::Level::Debug,
-            Level::Info => host::Level::Info,
-            Level::Warn => host::Level::Warn,
-            Level::Error => host::Level::Error,
-        };
-        host::log(level, message, fields);
-    }
-
-    pub fn get(
+/// The host's imports, in wire types.
+pub(crate) trait Host {
+    /// Writes one structured log line.
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]);
+    /// One cached object as JSON, if the cache holds it.
+    fn get(
+        &self,
         kind: &Gvk,
         namespace: Option<&str>,
         name: &str,
-    ) -> Result<Option<String>, cache::Error> {
-        host::get(&crate::raw::gvk_to_wit(kind), namespace, name).map_err(refusal)
-    }
-
-    pub fn list(
+    ) -> Result<Option<String>, CacheError>;
+    /// Cached objects as JSON, optionally in one namespace and matching a label selector.
+    fn list(
+        &self,
         kind: &Gvk,
         namespace: Option<&str>,
         selector: Option<&str>,
-    ) -> Result<Vec<String>, cache::Error> {
-        host::list(&crate::raw::gvk_to_wit(kind), namespace, selector).map_err(refusal)
-    }
-
-    pub fn now_ms() -> i64 {
-        host::now_ms()
-    }
-
-    fn refusal(e: host::CacheError) -> cache::Error {
-        match e {
-            host::CacheError::UndeclaredKind(m) => cache::Error::UndeclaredKind(m),
-            host::CacheError::BadSelector(m) => cache::Error::BadSelector(m),
-        }
-    }
+    ) -> Result<Vec<String>, CacheError>;
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) use crate::testing::host::{get, list, log, now_ms};
+/// The component's `rekon:plugin/host` imports.
 #[cfg(target_arch = "wasm32")]
-pub(crate) use imp::{get, list, log, now_ms};
+pub(crate) struct Imports;
+
+#[cfg(target_arch = "wasm32")]
+impl Host for Imports {
+    fn log(&self, level: Level, message: &str, fields: &[(String, String)]) {
+        crate::bindings::rekon::plugin::host::log(level, message, fields);
+    }
+
+    fn get(
+        &self,
+        kind: &Gvk,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, CacheError> {
+        crate::bindings::rekon::plugin::host::get(kind, namespace, name)
+    }
+
+    fn list(
+        &self,
+        kind: &Gvk,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Vec<String>, CacheError> {
+        crate::bindings::rekon::plugin::host::list(kind, namespace, selector)
+    }
+
+    fn now_ms(&self) -> i64 {
+        crate::bindings::rekon::plugin::host::now_ms()
+    }
+}

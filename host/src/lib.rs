@@ -2,15 +2,21 @@
 //! WebAssembly component.
 //!
 //! Data flows one way: API server → watch → store → key → queue → snapshot → plugin →
-//! mutations → apply → API server. Each module owns one step:
+//! mutations → write → API server. Each module owns one job (`docs/design.md` has the
+//! picture, the contract and the invariants):
 //! - [`contract`]: the WIT contract's types on the host side.
-//! - [`sandbox`]: the wasmtime engine, limits, and the call.
-//! - [`plugin`]: finding, checking, compiling and caching plugin components.
-//! - [`apply`]: checking a plugin's output against what it declared.
-//! - [`testing`]: running a compiled plugin against fixture cases (`rekon test`).
+//! - [`kinds`]: resolving a plugin's kinds to API resources (discovery).
 //! - [`selector`]: label selectors.
+//! - [`sandbox`]: the wasmtime engine, limits, and one call into a plugin.
+//! - [`plugin`]: checking, compiling and caching a plugin component; load-time policy.
+//! - [`controller`]: shared watches and stores, key mapping, the work queue, resync, and
+//!   the reconcile loop per plugin.
+//! - [`apply`]: writing a plugin's output to the API server, conflict-safe (checks,
+//!   resourceVersion preconditions, owner references, status, events).
+//! - [`rbac`]: the permissions the loaded plugins need.
 //! - [`operator`]: hot-reloaded plugin directory, per-plugin config, leader election.
 //! - [`metrics`] and [`serve`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`testing`]: running a compiled plugin against fixture cases (`rekon test`).
 //! - [`cli`]: the `rekon` command line.
 
 #![warn(missing_docs)]

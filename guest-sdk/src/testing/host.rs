@@ -9,7 +9,8 @@ use crate::log::Level;
 use crate::object::IntoObject;
 use crate::object::meta_str;
 use crate::selector::Selector;
-use crate::{Gvk, Metadata, Plugin, cache, clock};
+use crate::sys;
+use crate::{Gvk, Metadata, Plugin, clock};
 
 /// A fake of the host's imports for native tests: an object cache for
 /// [`cache`](crate::cache), a clock for [`clock`](crate::clock), and a log that captures
@@ -88,7 +89,7 @@ impl FakeHost {
     }
 
     /// Refuses reads of kinds not declared in `metadata` (primary, watched, `reads`) with
-    /// [`cache::Error::UndeclaredKind`].
+    /// [`cache::Error::UndeclaredKind`](crate::cache::Error::UndeclaredKind).
     #[must_use]
     pub fn declared(self, metadata: Metadata) -> Self {
         self.state.borrow_mut().declared = Some(metadata);
@@ -187,9 +188,9 @@ fn same_object(a: &Value, b: &Value) -> bool {
 }
 
 impl State {
-    fn check_declared(&self, kind: &Gvk) -> Result<(), cache::Error> {
+    fn check_declared(&self, kind: &Gvk) -> Result<(), sys::CacheError> {
         match &self.declared {
-            Some(m) if !m.may_read(kind) => Err(cache::Error::UndeclaredKind(format!(
+            Some(m) if !m.may_read(kind) => Err(sys::CacheError::UndeclaredKind(format!(
                 "{kind} is not among the kinds plugin {} declared",
                 m.name
             ))),
@@ -211,7 +212,43 @@ impl State {
     }
 }
 
-pub(crate) fn log(level: Level, message: &str, fields: &[(String, String)]) {
+/// The port to the host on native targets: whichever [`FakeHost`] is installed on the
+/// current thread, or none (an empty cache, the system clock, logs to stderr).
+pub(crate) struct Current;
+
+impl sys::Host for Current {
+    fn log(&self, level: sys::Level, message: &str, fields: &[(String, String)]) {
+        log(Level::from_wire(level), message, fields);
+    }
+
+    fn get(
+        &self,
+        kind: &sys::Gvk,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<String>, sys::CacheError> {
+        get(&gvk(kind), namespace, name)
+    }
+
+    fn list(
+        &self,
+        kind: &sys::Gvk,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<Vec<String>, sys::CacheError> {
+        list(&gvk(kind), namespace, selector)
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+fn gvk(kind: &sys::Gvk) -> Gvk {
+    Gvk::new(&kind.group, &kind.version, &kind.kind)
+}
+
+fn log(level: Level, message: &str, fields: &[(String, String)]) {
     let line = LogLine {
         level,
         message: message.to_owned(),
@@ -230,11 +267,7 @@ pub(crate) fn log(level: Level, message: &str, fields: &[(String, String)]) {
     }
 }
 
-pub(crate) fn get(
-    kind: &Gvk,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<Option<String>, cache::Error> {
+fn get(kind: &Gvk, namespace: Option<&str>, name: &str) -> Result<Option<String>, sys::CacheError> {
     let Some(host) = current() else {
         return Ok(None);
     };
@@ -246,15 +279,15 @@ pub(crate) fn get(
     Ok(found.map(Value::to_string))
 }
 
-pub(crate) fn list(
+fn list(
     kind: &Gvk,
     namespace: Option<&str>,
     selector: Option<&str>,
-) -> Result<Vec<String>, cache::Error> {
+) -> Result<Vec<String>, sys::CacheError> {
     let selector = selector
         .map(Selector::parse)
         .transpose()
-        .map_err(|e| cache::Error::BadSelector(e.to_string()))?;
+        .map_err(|e| sys::CacheError::BadSelector(e.to_string()))?;
     let Some(host) = current() else {
         return Ok(Vec::new());
     };
@@ -271,7 +304,7 @@ pub(crate) fn list(
         .collect())
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     current()
         .and_then(|h| h.state.borrow().now_ms)
         .unwrap_or_else(|| {
@@ -285,6 +318,7 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache;
     use crate::testing::{obj, object};
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 

@@ -106,50 +106,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("plugin directory {} does not exist", args.plugins.display());
     }
     let client = client(args.kubeconfig.as_deref()).await?;
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rekon".into());
-        format!("{host}-{}", std::process::id())
-    });
-    let sandbox = Sandbox::new(sandbox::Config::default())?;
-    let artifacts = args
-        .artifact_dir
-        .clone()
-        .map(Artifacts::in_dir)
-        .unwrap_or_default();
-    let loader = Loader::new(sandbox.clone(), artifacts, sandbox::Limits::default());
-    let host = Host::new(
-        client.clone(),
-        controller::Config {
-            resync_override: args.resync,
-            max_concurrent_reconciles: args.concurrency,
-            namespace: args.namespace.clone(),
-            sandbox_slots: sandbox.config().pool_instances as usize,
-            instance: identity.clone(),
-            ..Default::default()
-        },
-    );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested");
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let identity = identity(&args);
+    let (host, loader) = build_host(&args, client.clone(), &identity)?;
+    let stopped = stop_on_signal();
 
     let readiness = Readiness::default();
-    let endpoints = Endpoints::new(host.metrics().clone(), readiness.clone());
     if let Some(addr) = args.http_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {addr} for /metrics and probes: {e}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-        tokio::spawn(serve::serve(listener, endpoints, stopped()));
+        let endpoints = Endpoints::new(host.metrics().clone(), readiness.clone());
+        serve_endpoints(addr, endpoints, stopped()).await?;
     }
 
     let candidate = || {
@@ -168,16 +132,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut elector = args.leader_elect.then(candidate);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(e) = elector.as_mut() {
-        // A standby is ready: it can take over. It reconciles nothing.
-        readiness.set(true);
-        tokio::select! {
-            () = e.acquire() => {}
-            () = stopped() => {
-                tracing::info!("stopped while standing by");
-                return Ok(ExitCode::SUCCESS);
-            }
+        if !stand_by(e, &readiness, stopped()).await {
+            tracing::info!("stopped while standing by");
+            return Ok(ExitCode::SUCCESS);
         }
-        readiness.set(false);
         let mut holder = candidate();
         tokio::spawn(async move {
             holder.hold().await;
@@ -187,42 +145,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         drop(lost_tx);
     }
 
-    let regarding = match (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
-        (Ok(name), Ok(namespace)) => json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "namespace": namespace },
-        }),
-        _ => json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": { "name": args.lease_name, "namespace": args.lease_namespace },
-        }),
-    };
     let reporter = Reporter {
         recorder: Recorder::new(client.clone(), &identity),
-        regarding,
+        regarding: event_subject(&args),
     };
     let mut set = PluginSet::new(host.clone(), loader, args.plugins.clone(), Some(reporter));
     let leadership_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let lost = {
-        let flag = leadership_lost.clone();
-        let mut rx = lost_rx;
-        async move {
-            if (&mut rx).await.is_ok() {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            } else {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    let stop = {
-        let stopped = stopped();
-        async move {
-            tokio::select! {
-                () = stopped => {}
-                () = lost => {}
-            }
-        }
-    };
+    let stop = stop_or_lost(stopped(), lost_rx, leadership_lost.clone());
     let ready_host = host.clone();
     let ready = readiness.clone();
     operator::follow(&mut set, &Follow::default(), stop, move |settled| {
@@ -235,13 +164,142 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     readiness.set(false);
     let lost = leadership_lost.load(std::sync::atomic::Ordering::SeqCst);
-    tracing::info!(grace = ?args.grace, "stopping controllers");
-    host.shutdown(args.grace).await;
+    shut_down(&host, elector.as_mut(), args.grace, lost).await
+}
+
+/// This process's identity for the Lease and Events: `--identity`, or `HOSTNAME-PID`.
+fn identity(args: &RunArgs) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rekon".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// The sandbox, the plugin loader and the controller host, configured from `args`.
+fn build_host(
+    args: &RunArgs,
+    client: kube::Client,
+    identity: &str,
+) -> anyhow::Result<(Host, Loader)> {
+    let sandbox = Sandbox::new(sandbox::Config::default())?;
+    let artifacts = args
+        .artifact_dir
+        .clone()
+        .map(Artifacts::in_dir)
+        .unwrap_or_default();
+    let loader = Loader::new(sandbox.clone(), artifacts, sandbox::Limits::default());
+    let host = Host::new(
+        client,
+        controller::Config {
+            resync_override: args.resync,
+            max_concurrent_reconciles: args.concurrency,
+            namespace: args.namespace.clone(),
+            sandbox_slots: sandbox.config().pool_instances as usize,
+            instance: identity.to_owned(),
+            ..Default::default()
+        },
+    );
+    Ok((host, loader))
+}
+
+/// Watches for SIGTERM or Ctrl-C; the returned function makes a future that resolves once
+/// either arrived (immediately if one already has).
+fn stop_on_signal() -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    move || {
+        let mut rx = stop_rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    }
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `stopped`.
+async fn serve_endpoints(
+    addr: SocketAddr,
+    endpoints: Endpoints,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr} for /metrics and probes: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(serve::serve(listener, endpoints, stopped));
+    Ok(())
+}
+
+/// Stands by, ready, until `elector` acquires the Lease (`true`, and not ready until the
+/// plugins run) or the process is stopped first (`false`). A standby reconciles nothing.
+async fn stand_by(
+    elector: &mut Elector,
+    readiness: &Readiness,
+    stopped: impl Future<Output = ()>,
+) -> bool {
+    // A standby is ready: it can take over.
+    readiness.set(true);
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = stopped => return false,
+    }
+    readiness.set(false);
+    true
+}
+
+/// What the host's own Events (a refused plugin) are about: its Pod when `POD_NAME` and
+/// `POD_NAMESPACE` are set, its Lease otherwise.
+fn event_subject(args: &RunArgs) -> serde_json::Value {
+    match (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
+        (Ok(name), Ok(namespace)) => json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace },
+        }),
+        _ => json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": args.lease_name, "namespace": args.lease_namespace },
+        }),
+    }
+}
+
+/// Resolves when the process is stopped or leadership is lost (`lost_rx` fires; a dropped
+/// sender means no leader election, so never); a loss is recorded in `lost_flag`.
+async fn stop_or_lost(
+    stopped: impl Future<Output = ()>,
+    lost_rx: tokio::sync::oneshot::Receiver<()>,
+    lost_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let lost = async move {
+        if lost_rx.await.is_ok() {
+            lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = stopped => {}
+        () = lost => {}
+    }
+}
+
+/// Stops the controllers (in-flight reconciles get `grace`), then exits: failure if
+/// leadership was `lost`, otherwise success after releasing the Lease.
+async fn shut_down(
+    host: &Host,
+    elector: Option<&mut Elector>,
+    grace: Duration,
+    lost: bool,
+) -> anyhow::Result<ExitCode> {
+    tracing::info!(grace = ?grace, "stopping controllers");
+    host.shutdown(grace).await;
     if lost {
         tracing::error!("exiting: leadership lost");
         return Ok(ExitCode::FAILURE);
     }
-    if let Some(e) = elector.as_mut()
+    if let Some(e) = elector
         && let Err(err) = e.release().await
     {
         tracing::warn!(error = %err, "could not release the lease; a standby takes over when it expires");

@@ -92,11 +92,6 @@ impl Elector {
         }
     }
 
-    /// This candidate's identity.
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
     /// The Lease as a reference for Events (`None` until it has been read).
     pub async fn lease(&self) -> Option<Lease> {
         self.api.get_opt(&self.name).await.ok().flatten()

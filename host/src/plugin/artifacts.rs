@@ -6,8 +6,8 @@
 //! that key, whose checksum still matches, are ever deserialized.
 //!
 //! A loaded artifact is *mapped*, not copied onto the heap, so the compiled code a plugin
-//! never runs stays out of memory (idle plugins cost ~1.6 MiB instead of the artifact's
-//! full size). What is mapped is a private copy: the verified bytes are written to an
+//! never runs stays out of memory (an idle plugin costs the pages it touched, not the
+//! artifact's full size; BENCHMARKS.md has the figures). What is mapped is a private copy: the verified bytes are written to an
 //! unlinked file in the cache directory that no other process can open. Mapping the cache
 //! file itself would let anyone who changes or truncates it in place crash the host
 //! (`SIGBUS`) or change the code it runs. Where no such file can be made, the artifact is
@@ -85,7 +85,7 @@ impl Artifacts {
 
 fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, Error> {
     Component::new(engine, bytes).map_err(|e| Error::Compile {
-        source: super::boxed(e),
+        source: crate::sandbox::boxed(e),
     })
 }
 

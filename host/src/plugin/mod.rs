@@ -157,10 +157,6 @@ impl Fault {
     }
 }
 
-pub(crate) fn boxed(e: wasmtime::Error) -> Box<dyn std::error::Error + Send + Sync> {
-    e.into()
-}
-
 /// Loads plugin files into a [`Sandbox`].
 #[derive(Debug, Clone)]
 pub struct Loader {

@@ -3,52 +3,12 @@
 
 use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
+use super::log::LogLine;
 use super::state::{HostState, MemoryCapExceeded};
 use super::{Clock, Error, Limits, Sandbox, Scope, boxed};
 use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Request};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
-
-/// One line a plugin logged (through the `log` import, or stdout/stderr).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
-    /// Severity.
-    pub level: tracing::Level,
-    /// Text.
-    pub message: String,
-    /// Key/value fields.
-    pub fields: Vec<(String, String)>,
-}
-
-impl LogLine {
-    /// Sends the line to `tracing` at its level, attributed to `plugin`.
-    pub fn emit(&self, plugin: &str) {
-        let fields = self
-            .fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let msg = &self.message;
-        match self.level {
-            tracing::Level::ERROR => {
-                tracing::error!(target: "rekon::plugin", plugin, %fields, "{msg}")
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(target: "rekon::plugin", plugin, %fields, "{msg}")
-            }
-            tracing::Level::INFO => {
-                tracing::info!(target: "rekon::plugin", plugin, %fields, "{msg}")
-            }
-            tracing::Level::DEBUG => {
-                tracing::debug!(target: "rekon::plugin", plugin, %fields, "{msg}")
-            }
-            tracing::Level::TRACE => {
-                tracing::trace!(target: "rekon::plugin", plugin, %fields, "{msg}")
-            }
-        }
-    }
-}
 
 /// The outcome of one call, with what the plugin logged during it.
 #[derive(Debug)]
@@ -173,13 +133,13 @@ impl PluginPre {
         };
         let torn = Instant::now();
         phases.run = torn - ran;
-        let mut state = store.into_data();
+        let state = store.into_data();
         phases.teardown = torn.elapsed();
-        collect_stdio(&mut state);
+        let (logs, logs_dropped) = state.log.finish();
         Call {
             result,
-            logs: state.logs,
-            logs_dropped: state.logs_dropped,
+            logs,
+            logs_dropped,
             elapsed: started.elapsed(),
             phases,
         }
@@ -207,32 +167,13 @@ fn classify(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Error {
         _ => Error::Trapped {
             trap: e.to_string(),
             last_error_log: state
-                .logs
+                .log
+                .lines()
                 .iter()
                 .rev()
                 .find(|l| l.level == tracing::Level::ERROR)
                 .map(|l| l.message.clone()),
             source: boxed(e),
         },
-    }
-}
-
-fn collect_stdio(state: &mut HostState) {
-    for (pipe, stream, level) in [
-        (state.stdout.clone(), "stdout", tracing::Level::INFO),
-        (state.stderr.clone(), "stderr", tracing::Level::WARN),
-    ] {
-        let (bytes, dropped) = pipe.take();
-        state.logs_dropped += dropped;
-        for line in String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|l| !l.is_empty())
-        {
-            state.logs.push(LogLine {
-                level,
-                message: line.to_owned(),
-                fields: vec![("stream".to_owned(), stream.to_owned())],
-            });
-        }
     }
 }

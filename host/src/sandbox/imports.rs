@@ -3,7 +3,7 @@
 
 use super::bindings::host::{self, CacheError, Level};
 use super::bindings::types::{self, Gvk as WitGvk};
-use super::call::LogLine;
+use super::log::LogLine;
 use super::state::HostState;
 use crate::contract::Gvk;
 use crate::selector::Selector;

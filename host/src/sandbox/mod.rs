@@ -16,11 +16,13 @@ mod bindings;
 mod call;
 mod convert;
 mod imports;
+mod log;
 mod pipe;
 mod state;
 
-pub use call::{Call, LogLine, Phases, PluginPre};
+pub use call::{Call, Phases, PluginPre};
 pub use convert::{RawMutation, RawOutput};
+pub use log::LogLine;
 pub use state::{CacheView, Clock, HostState, NoCache, Scope};
 
 use bindings::{Plugin as Bindings, PluginPre as BindingsPre};
@@ -54,9 +56,9 @@ pub struct Config {
     pub pagemap_scan: bool,
     /// Let Cranelift inline small guest functions into their callers when compiling a
     /// plugin. Rust guests (serde especially) make many tiny calls, and every call in wasm
-    /// also pays an epoch check. Off by default: measured on the webapp plugin (issue 7)
-    /// it makes calls about 10 % faster but compiling 3.5× slower, the compiled artifact
-    /// 2.6× larger and every loaded plugin's memory larger accordingly.
+    /// also pays an epoch check. Off by default: calls get a little faster, but compiling
+    /// is slower and the compiled artifact, and with it every loaded plugin's memory, is
+    /// larger (BENCHMARKS.md has the figures).
     pub inlining: bool,
     /// Write `/tmp/perf-PID.map` so `perf` can name compiled guest functions (profiling).
     pub perf_map: bool,

@@ -1,8 +1,7 @@
 //! Per-call state owned by the `Store`: WASI's closed context, the memory limiter,
 //! captured logs, and the scope the cache imports answer from.
 
-use super::call::LogLine;
-use super::pipe::CappedPipe;
+use super::log::{Log, LogLine};
 use crate::contract::{Gvk, Metadata};
 use crate::selector::Selector;
 use std::sync::Arc;
@@ -81,12 +80,7 @@ pub struct HostState {
     pub(super) limiter: Limiter,
     pub(super) scope: Option<Scope>,
     pub(super) clock: Clock,
-    pub(super) logs: Vec<LogLine>,
-    pub(super) log_bytes: usize,
-    pub(super) log_cap: usize,
-    pub(super) logs_dropped: u64,
-    pub(super) stdout: CappedPipe,
-    pub(super) stderr: CappedPipe,
+    pub(super) log: Log,
 }
 
 impl HostState {
@@ -97,11 +91,10 @@ impl HostState {
         clock: Clock,
         scope: Option<Scope>,
     ) -> Self {
-        let stdout = CappedPipe::new(log_cap);
-        let stderr = CappedPipe::new(log_cap);
+        let log = Log::new(log_cap);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
+        wasi.stdout(log.stdout())
+            .stderr(log.stderr())
             .wall_clock(clock)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
@@ -116,28 +109,12 @@ impl HostState {
             },
             scope,
             clock,
-            logs: Vec::new(),
-            log_bytes: 0,
-            log_cap,
-            logs_dropped: 0,
-            stdout,
-            stderr,
+            log,
         }
     }
 
     pub(super) fn push_log(&mut self, line: LogLine) {
-        let size = line.message.len()
-            + line
-                .fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if self.log_bytes + size > self.log_cap {
-            self.logs_dropped += 1;
-            return;
-        }
-        self.log_bytes += size;
-        self.logs.push(line);
+        self.log.push(line);
     }
 }
 
