@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use rekon_host::controller::{self, Host, PluginOptions, Reconciler};
 use rekon_host::contract::Gvk;
+use rekon_host::controller::{Host, PluginOptions, Reconciler};
 use rekon_tests::controlplane::wait_until;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -47,11 +47,12 @@ async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
         .collect()
 }
 
-fn user_service(name: &str) -> Service {
+/// A user's Service: selector `app: user-shop`, one port `port` → `target`.
+fn user_service(name: &str, port: i32, target: i32) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"owner": "user"}},
         "spec": {"selector": {"app": "user-shop"},
-                 "ports": [{"name": "web", "port": 80, "targetPort": 8080}]},
+                 "ports": [{"port": port, "targetPort": target}]},
     }))
     .unwrap()
 }
@@ -74,7 +75,7 @@ async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_own
     install_crds(&client, "plugins/webapp/crd.yaml").await;
     let services: Api<Service> = ns.api();
     let before = services
-        .create(&PostParams::default(), &user_service("shop"))
+        .create(&PostParams::default(), &user_service("shop", 80, 8080))
         .await
         .unwrap();
     let (_host, running) = start_with(&client, ns.name(), "webapp", PluginOptions::default()).await;
@@ -92,7 +93,10 @@ async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_own
     .unwrap();
     let events: Api<Event> = ns.api();
     let warning = wait_until("a NotOwned warning on the WebApp", WAIT, || async {
-        warnings(&events, "NotOwned", "shop").await.into_iter().next()
+        warnings(&events, "NotOwned", "shop")
+            .await
+            .into_iter()
+            .next()
     })
     .await
     .unwrap();
@@ -108,18 +112,26 @@ async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_own
         running.stats().write_errors()
     );
     let after = services.get("shop").await.unwrap();
-    assert_eq!(shape(&after), shape(&before), "the user's Service is untouched");
+    assert_eq!(
+        shape(&after),
+        shape(&before),
+        "the user's Service is untouched"
+    );
 
     // Deleting the WebApp does not take the user's Service with it.
     apps.delete("shop", &DeleteParams::default()).await.unwrap();
-    wait_until("the garbage collector removes the Deployment", WAIT, || async {
-        deployments
-            .get_opt("shop")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    wait_until(
+        "the garbage collector removes the Deployment",
+        WAIT,
+        || async {
+            deployments
+                .get_opt("shop")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     let survived = services.get("shop").await.expect("the Service survives");
@@ -131,8 +143,10 @@ async fn adoption_is_opt_in_per_kind_and_takes_the_object_over() {
     let (client, ns) = setup("adopt").await;
     install_crds(&client, "plugins/webapp/crd.yaml").await;
     let services: Api<Service> = ns.api();
+    // The same port as the WebApp's Service (8080), so the merged object is valid; the
+    // selector and the target port are contested and taken over.
     services
-        .create(&PostParams::default(), &user_service("shop"))
+        .create(&PostParams::default(), &user_service("shop", 8080, 9090))
         .await
         .unwrap();
     let options = PluginOptions {
@@ -158,8 +172,19 @@ async fn adoption_is_opt_in_per_kind_and_takes_the_object_over() {
     })
     .await
     .unwrap();
-    let selector = adopted.spec.unwrap().selector.unwrap_or_default();
-    assert_eq!(selector.get("app").map(String::as_str), Some("shop"));
+    let spec = adopted.spec.unwrap();
+    let selector = spec.selector.unwrap_or_default();
+    assert_eq!(
+        selector.get("app.kubernetes.io/name").map(String::as_str),
+        Some("shop"),
+        "{selector:?}"
+    );
+    let ports = spec.ports.unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(
+        ports[0].target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
+    );
     idle(&running).await;
     assert_eq!(running.stats().write_errors().get("not_owned"), None);
 }
@@ -182,7 +207,13 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
     )
     .await
     .unwrap();
-    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    let (_host, running) = start_with(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     cms.create(
         &PostParams::default(),
         &replicas_primary("creator", "create-existing", json!({"target": "taken"})),
@@ -201,7 +232,12 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
     assert!(calls <= 15, "{calls} reconciles in 10 s");
     assert!(calls >= 3, "it keeps retrying with backoff: {calls}");
     assert!(
-        running.stats().write_errors().get("already_exists").copied() >= Some(3),
+        running
+            .stats()
+            .write_errors()
+            .get("already_exists")
+            .copied()
+            >= Some(3),
         "{:?}",
         running.stats().write_errors()
     );
@@ -263,7 +299,13 @@ pub(crate) async fn scale(
 async fn several_generate_name_creates_in_one_output_are_all_written_and_scaling_never_duplicates()
 {
     let (client, ns) = setup("generate").await;
-    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    let (_host, running) = start_with(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     let cms: Api<ConfigMap> = ns.api();
     let rs = cms
         .create(
@@ -305,9 +347,11 @@ async fn several_generate_name_creates_in_one_output_are_all_written_and_scaling
 async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
     let (client, ns) = setup("relabel").await;
     install_crds(&client, "plugins/nodepool/crd.yaml").await;
-    let (_host, running) = start_with(&client, ns.name(), "nodepool", PluginOptions::default()).await;
+    let (_host, running) =
+        start_with(&client, ns.name(), "nodepool", PluginOptions::default()).await;
     let pools = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodePool");
-    let reports = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodeReport");
+    let reports =
+        crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodeReport");
     for pool in ["a", "b"] {
         pools
             .create(
@@ -355,12 +399,11 @@ async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
         .await
         .unwrap();
     // The plugin's resync is minutes away: only mapping the old labels finds pool a.
-    wait_until("both pools follow the move", Duration::from_secs(20), || async {
-        (total("a").await == Some(0) && total("b").await == Some(1)).then_some(())
-    })
+    wait_until(
+        "both pools follow the move",
+        Duration::from_secs(20),
+        || async { (total("a").await == Some(0) && total("b").await == Some(1)).then_some(()) },
+    )
     .await
     .unwrap();
 }
-
-#[allow(dead_code)]
-fn _uses(_: controller::Config) {}
