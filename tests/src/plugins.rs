@@ -25,6 +25,8 @@ pub const CRATES: &[&str] = &[
     "stamp-plugin",
     "stamp-next-plugin",
     "replicas-plugin",
+    "stamp-wide-plugin",
+    "stamp-fin-plugin",
 ];
 
 /// The workspace root.

@@ -58,6 +58,8 @@ pub struct Config {
     pub namespace: Option<String>,
     /// When rewriting an object back and forth with another writer counts as a fight.
     pub thrash: thrash::ThrashConfig,
+    /// How long starting a plugin waits for its watches' first lists.
+    pub sync_timeout: Duration,
 }
 
 impl Default for Config {
@@ -71,6 +73,7 @@ impl Default for Config {
             instance: "rekon".to_owned(),
             namespace: None,
             thrash: thrash::ThrashConfig::default(),
+            sync_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -96,6 +99,10 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     /// Fights with another writer the thrash guard detected.
     pub thrash_fights: AtomicU64,
+    /// Finalizers released without cleanup because the plugin no longer declares them.
+    pub finalizers_released: AtomicU64,
+    /// Primaries being deleted left with the plugin's finalizer when it was removed.
+    pub finalizers_orphaned: AtomicU64,
     faults: Mutex<BTreeMap<&'static str, u64>>,
     write_errors: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -142,6 +149,24 @@ impl Stats {
     }
 }
 
+/// A controller ready to start ([`Host::prepare`]): permissions checked, stores listed.
+pub struct Prepared {
+    plugin: Loaded,
+    options: PluginOptions,
+    primary: Arc<store::KindStore>,
+    watched: Vec<(crate::contract::KeyMapping, Arc<store::KindStore>)>,
+    replacing: Option<String>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("plugin", &self.plugin.name())
+            .field("replacing", &self.replacing)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a plugin could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -168,6 +193,14 @@ pub enum Error {
         /// What is missing.
         missing: Vec<Missing>,
     },
+    /// Its watches did not complete their first list in time.
+    #[error("plugin {plugin}: its watches did not list within {timeout:?}")]
+    NotSynced {
+        /// The plugin.
+        plugin: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
     /// The permission check itself failed.
     #[error("plugin {plugin}: checking the host's permissions failed: {source}")]
     AccessReview {
@@ -186,6 +219,7 @@ impl Error {
             Error::Store { source, .. } => source.metric_label(),
             Error::Duplicate(_) => "duplicate",
             Error::Forbidden { .. } => "forbidden",
+            Error::NotSynced { .. } => "not_synced",
             Error::AccessReview { .. } => "access_review",
         }
     }
@@ -301,24 +335,43 @@ impl Host {
         self.start_with(plugin, PluginOptions::default()).await
     }
 
-    /// [`Host::start`] with per-plugin options. First checks, through access reviews,
-    /// that the host may do everything the plugin declared.
+    /// [`Host::start`] with per-plugin options: [`prepare`](Self::prepare), then
+    /// [`launch`](Self::launch).
     ///
     /// # Errors
-    /// As [`Host::start`], and [`Error::Forbidden`] naming each missing permission. The
-    /// caller counts errors with [`Metrics::plugin_start_failed`].
+    /// As [`Host::prepare`].
     pub async fn start_with(
         &self,
         plugin: Loaded,
         options: PluginOptions,
     ) -> Result<Arc<Reconciler>, Error> {
+        let prepared = self.prepare(plugin, options, None).await?;
+        Ok(self.launch(prepared).await)
+    }
+
+    /// Gets a controller for `plugin` ready without starting it: checks through access
+    /// reviews that the host may do everything the plugin declared, starts (or reuses)
+    /// the watches of its kinds and waits until they have listed. Nothing running is
+    /// touched, so when this fails, the controller it was to replace keeps running.
+    ///
+    /// `replacing` names the running plugin the result will replace (see
+    /// [`launch`](Self::launch)); any other running plugin of the same name is a
+    /// duplicate.
+    ///
+    /// # Errors
+    /// [`Error::Duplicate`], [`Error::Forbidden`] naming each missing permission,
+    /// [`Error::AccessReview`], [`Error::Store`] if a declared kind cannot be watched
+    /// (e.g. its CRD is missing), [`Error::NotSynced`] if its watches do not list within
+    /// [`Config::sync_timeout`]. The caller counts errors with
+    /// [`Metrics::plugin_start_failed`].
+    pub async fn prepare(
+        &self,
+        plugin: Loaded,
+        options: PluginOptions,
+        replacing: Option<&str>,
+    ) -> Result<Prepared, Error> {
         let name = plugin.name().to_owned();
-        if self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&name)
-        {
+        if replacing != Some(name.as_str()) && self.get(&name).is_some() {
             return Err(Error::Duplicate(name));
         }
         let err = |source| Error::Store {
@@ -352,9 +405,49 @@ impl Host {
                 self.shared.stores.ensure(&w.kind).await.map_err(err)?,
             ));
         }
+        let mut reads = Vec::new();
         for k in &meta.reads {
-            self.shared.stores.ensure(k).await.map_err(err)?;
+            reads.push(self.shared.stores.ensure(k).await.map_err(err)?);
         }
+        let stores = std::iter::once(&primary)
+            .chain(watched.iter().map(|(_, s)| s))
+            .chain(&reads);
+        let all_synced = futures::future::join_all(stores.map(|s| s.synced()));
+        if tokio::time::timeout(self.shared.config.sync_timeout, all_synced)
+            .await
+            .is_err()
+        {
+            return Err(Error::NotSynced {
+                plugin: name,
+                timeout: self.shared.config.sync_timeout,
+            });
+        }
+        Ok(Prepared {
+            plugin,
+            options,
+            primary,
+            watched,
+            replacing: replacing.map(str::to_owned),
+        })
+    }
+
+    /// Starts a prepared controller. If it replaces a running plugin, that one stops
+    /// first (its in-flight reconciles finish on the old version; the read-your-writes
+    /// expectations and the thrash history carry over to the new one).
+    pub async fn launch(&self, prepared: Prepared) -> Arc<Reconciler> {
+        let Prepared {
+            plugin,
+            options,
+            primary,
+            watched,
+            replacing,
+        } = prepared;
+        if let Some(old) = &replacing {
+            // Not `stop`: the stores the new controller shares with the old stay.
+            self.stop_controller(old).await;
+        }
+        let name = plugin.name().to_owned();
+        let primary_kind = plugin.metadata.primary.clone();
         let reconciler = Arc::new(Reconciler::new(
             plugin,
             primary,
@@ -365,7 +458,7 @@ impl Host {
         ));
         let mut tasks = JoinSet::new();
         reconciler.spawn(&mut tasks);
-        tracing::info!(plugin = %name, primary = %meta.primary, "controller started");
+        tracing::info!(plugin = %name, primary = %primary_kind, "controller started");
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -376,7 +469,7 @@ impl Host {
                     tasks,
                 },
             );
-        Ok(reconciler)
+        reconciler
     }
 
     /// The running controller of a plugin.
@@ -401,8 +494,54 @@ impl Host {
         names
     }
 
-    /// Stops a plugin's controller: no new reconciles; waits for in-flight ones.
+    /// Removes a plugin for good (its file is gone): stops it as [`stop`](Self::stop)
+    /// does, and first reports every primary being deleted that its finalizer still
+    /// holds — no controller will finalize them now — with a Warning Event
+    /// `FinalizerOrphaned` on each, naming the plugin and the finalizer. Returns how
+    /// many it reported.
+    pub async fn remove(&self, plugin: &str) -> usize {
+        let mut reported = 0;
+        if let Some(r) = self.get(plugin) {
+            let loaded = r.plugin();
+            for o in r.orphaned_by_removal() {
+                let finalizer = loaded.metadata.finalizer.clone().unwrap_or_default();
+                let note = format!(
+                    "plugin {plugin} was removed while this object, being deleted, carries its \
+                     finalizer {finalizer:?}: it stays Terminating until the plugin is back or \
+                     the finalizer is removed by hand"
+                );
+                tracing::warn!(plugin, object = %o.name(), %finalizer, "finalizer orphaned by the plugin's removal");
+                let event = crate::contract::Event {
+                    event_type: crate::contract::EventType::Warning,
+                    reason: "FinalizerOrphaned".into(),
+                    note,
+                };
+                if let Err(e) = self
+                    .shared
+                    .recorder
+                    .record(plugin, &o.to_value(), &event)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record an event");
+                }
+                r.stats()
+                    .finalizers_orphaned
+                    .fetch_add(1, Ordering::Relaxed);
+                reported += 1;
+            }
+        }
+        self.stop(plugin).await;
+        reported
+    }
+
+    /// Stops a plugin's controller: no new reconciles; waits for in-flight ones. Then
+    /// the watches of kinds no other plugin uses are released.
     pub async fn stop(&self, plugin: &str) {
+        self.stop_controller(plugin).await;
+        self.shared.stores.release_unused().await;
+    }
+
+    async fn stop_controller(&self, plugin: &str) {
         let running = self
             .running
             .lock()
@@ -411,6 +550,8 @@ impl Host {
         if let Some(mut r) = running {
             r.reconciler.stop().await;
             r.tasks.abort_all();
+            // The tasks hold the controller and with it the stores: let them go first.
+            while r.tasks.join_next().await.is_some() {}
             tracing::info!(plugin, "controller stopped");
         }
     }

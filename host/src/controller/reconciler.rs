@@ -168,16 +168,50 @@ impl Reconciler {
         }
     }
 
-    /// Queues `key` unless the plugin's options exclude its namespace.
+    /// Queues `key` unless the plugin's options exclude its namespace. A primary being
+    /// deleted that carries the plugin's finalizer is always admitted: a change of
+    /// `namespaces` must not leave it Terminating.
     fn enqueue(&self, mut key: ObjectKey, priority: Priority) {
         if !self.primary.is_namespaced() {
             // A child in a namespace maps to its cluster-scoped owner: one key per
             // primary, however it was found (invariant 1).
             key.namespace = None;
         }
-        if self.options.admits(&key) {
+        if self.options.admits(&key) || self.must_finalize(&key) {
             self.queue.add(key, priority);
         }
+    }
+
+    /// The primaries being deleted that carry a finalizer of this plugin.
+    pub(super) fn orphaned_by_removal(&self) -> Vec<Arc<Stored>> {
+        let plugin = self.plugin();
+        self.primary
+            .list(None, &Selector::default())
+            .into_iter()
+            .filter(|o| {
+                o.is_deleting()
+                    && finalizer::carries(
+                        plugin.name(),
+                        plugin.metadata.finalizer.as_deref(),
+                        &o.to_value(),
+                    )
+            })
+            .collect()
+    }
+
+    /// Whether the primary `key` is being deleted and carries a finalizer of this plugin.
+    fn must_finalize(&self, key: &ObjectKey) -> bool {
+        let plugin = self.plugin();
+        self.primary
+            .get(key.namespace.as_deref(), &key.name)
+            .is_some_and(|o| {
+                o.is_deleting()
+                    && finalizer::carries(
+                        plugin.name(),
+                        plugin.metadata.finalizer.as_deref(),
+                        &o.to_value(),
+                    )
+            })
     }
 
     /// Spawns the event, resync and worker tasks onto `tasks`.
@@ -379,19 +413,34 @@ impl Reconciler {
     }
 
     async fn reconcile(&self, plugin: &Loaded, key: &ObjectKey) -> Outcome {
-        if let Some(left) = self.memory.thrash.held(key, std::time::Instant::now()) {
-            tracing::debug!(?left, "held by the thrash guard");
-            return Outcome::SuccessRequeueAfter(left);
-        }
         let Some(stored) = self.primary.get(key.namespace.as_deref(), &key.name) else {
             return Outcome::Success;
         };
+        // The thrash hold slows reconciles down; it never delays a finalization.
+        if !stored.is_deleting()
+            && let Some(left) = self.memory.thrash.held(key, std::time::Instant::now())
+        {
+            tracing::debug!(?left, "held by the thrash guard");
+            return Outcome::SuccessRequeueAfter(left);
+        }
         let primary = stored.to_value();
         let finalizer = plugin.metadata.finalizer.clone();
-        let finalize = match finalizer::step(finalizer.as_deref(), &primary, stored.is_deleting()) {
+        let step = finalizer::step(
+            plugin.name(),
+            finalizer.as_deref(),
+            &primary,
+            stored.is_deleting(),
+        );
+        let (finalize, remove) = match step {
             Step::Skip => return Outcome::Success,
-            Step::Add(list) => return self.patch_finalizers(plugin, key, &primary, list).await,
-            Step::Call { finalize } => finalize,
+            Step::Patch { patch, released } => {
+                let outcome = self.patch_metadata(plugin, key, &primary, patch).await;
+                if let (Some(old), Outcome::Success) = (released, outcome) {
+                    self.report_released(plugin, &primary, &old).await;
+                }
+                return outcome;
+            }
+            Step::Call { finalize, remove } => (finalize, remove),
         };
         let related = self.related(&primary);
         let output = match self.call(plugin, &stored, &related, finalize).await {
@@ -400,14 +449,37 @@ impl Reconciler {
         };
         let outcome = self.write(plugin, key, &primary, &related, &output).await;
         if finalize && outcome == Outcome::Success && output.requeue_after_ms.is_none() {
-            let rest = finalizer::without(&primary, finalizer.as_deref());
+            let rest = finalizer::without(&primary, &remove);
             let mut fresh = primary.clone();
             if let Some(rv) = self.memory.expectations.latest(key, self.primary.gvk()) {
                 fresh["metadata"]["resourceVersion"] = json!(rv);
             }
-            return self.patch_finalizers(plugin, key, &fresh, rest).await;
+            let patch = json!({"metadata": {"finalizers": rest}});
+            return self.patch_metadata(plugin, key, &fresh, patch).await;
         }
         outcome
+    }
+
+    /// Reports a finalizer released without cleanup (the plugin no longer declares it).
+    async fn report_released(&self, plugin: &Loaded, primary: &Value, old: &str) {
+        self.stats
+            .finalizers_released
+            .fetch_add(1, Ordering::Relaxed);
+        let note = format!(
+            "plugin {} no longer declares the finalizer {old:?} its earlier version added; \
+             released without cleanup",
+            plugin.name()
+        );
+        tracing::warn!(
+            finalizer = old,
+            "finalizer released: the plugin no longer declares it"
+        );
+        let event = Event {
+            event_type: EventType::Warning,
+            reason: "FinalizerReleased".into(),
+            note,
+        };
+        self.record_event(plugin, primary, event).await;
     }
 
     /// Calls the plugin (`reconcile`, or `finalize`) in a sandbox slot.
@@ -605,12 +677,14 @@ impl Reconciler {
         }
     }
 
-    async fn patch_finalizers(
+    /// Writes a merge patch of the primary's metadata (finalizers, the finalizer
+    /// annotation), conditioned on the resourceVersion in `primary`.
+    async fn patch_metadata(
         &self,
         plugin: &Loaded,
         key: &ObjectKey,
         primary: &Value,
-        list: Vec<String>,
+        patch: Value,
     ) -> Outcome {
         let s = |p: &str| {
             primary
@@ -627,7 +701,7 @@ impl Reconciler {
                     name: key.name.clone(),
                     resource_version: s("/metadata/resourceVersion"),
                 },
-                patch: json!({"metadata": {"finalizers": list}}),
+                patch,
             }],
             ..Default::default()
         };

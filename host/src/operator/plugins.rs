@@ -163,7 +163,7 @@ impl PluginSet {
         for stem in gone {
             if let Some(a) = self.active.remove(&stem) {
                 tracing::info!(plugin = %a.plugin, file = %a.files.wasm.display(), "plugin file removed; stopping its controller");
-                self.host.stop(&a.plugin).await;
+                self.host.remove(&a.plugin).await;
                 changes.push(Change::Stopped { plugin: a.plugin });
             }
         }
@@ -255,17 +255,31 @@ impl PluginSet {
                 }
             }
             None => {
+                // The new controller is made ready first; only then does the running one
+                // (if any) stop. A failure leaves the running one in place.
+                let replacing = self
+                    .active
+                    .get(stem)
+                    .map(|a| a.plugin.clone())
+                    .filter(|p| self.host.get(p).is_some());
+                let prepared = match self
+                    .host
+                    .prepare(loaded, options, replacing.as_deref())
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.host.metrics().plugin_start_failed(&e);
+                        let reason = format!("{}: {e}", files.wasm.display());
+                        let retry_at = Some(Instant::now() + self.retry);
+                        return Some(self.refuse(stem, files, reason, retry_at).await);
+                    }
+                };
                 let old = self.active.remove(stem);
                 if let Some(old) = &old {
-                    tracing::info!(plugin = %old.plugin, "declaration or options changed; restarting the controller");
-                    self.host.stop(&old.plugin).await;
+                    tracing::info!(plugin = %old.plugin, "declaration or options changed; the new controller is ready, swapping");
                 }
-                if let Err(e) = self.host.start_with(loaded, options).await {
-                    self.host.metrics().plugin_start_failed(&e);
-                    let reason = format!("{}: {e}", files.wasm.display());
-                    let retry_at = Some(Instant::now() + self.retry);
-                    return Some(self.refuse(stem, files, reason, retry_at).await);
-                }
+                self.host.launch(prepared).await;
                 match old {
                     Some(_) => Change::Replaced {
                         plugin: plugin.clone(),

@@ -7,6 +7,7 @@ mod controller;
 mod deploy;
 mod examples;
 mod isolation;
+mod lifecycle;
 mod operator;
 mod proxy;
 mod sandbox;

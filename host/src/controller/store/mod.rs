@@ -118,13 +118,13 @@ struct Inner {
 #[derive(Default)]
 struct Tasks {
     closed: bool,
-    handles: Vec<JoinHandle<()>>,
+    handles: HashMap<Gvk, JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let tasks = self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner);
-        for handle in &tasks.handles {
+        for handle in tasks.handles.values() {
             handle.abort();
         }
     }
@@ -216,13 +216,56 @@ impl Stores {
             tasks.closed = true;
             std::mem::take(&mut tasks.handles)
         };
-        for handle in &handles {
+        for handle in handles.values() {
             handle.abort();
         }
-        for handle in handles {
+        for handle in handles.into_values() {
             // Aborted tasks end with a cancellation error; that is the point.
             let _ = handle.await;
         }
+    }
+
+    /// Stops the watch of every kind whose store nobody but the stores themselves holds
+    /// (no running controller, no prepared one, no reader): its memory is returned and a
+    /// later [`ensure`](Self::ensure) starts a new watch. Returns the kinds released.
+    ///
+    /// # Guarantees
+    /// A store someone still holds keeps its watch; the check and the removal happen
+    /// under the stores' lock, so a concurrent `ensure` either finds the store kept or
+    /// starts a new one.
+    pub async fn release_unused(&self) -> Vec<Gvk> {
+        let released: Vec<(Gvk, Option<JoinHandle<()>>)> = {
+            let mut kinds = self.lock_kinds();
+            let mut tasks = self.lock_tasks();
+            let unused: Vec<Gvk> = kinds
+                .iter()
+                .filter(|(_, cell)| {
+                    // Held by the map's cell and by its watcher task only.
+                    cell.get()
+                        .is_some_and(|store| Arc::strong_count(store) <= HELD_BY_STORES)
+                })
+                .map(|(kind, _)| kind.clone())
+                .collect();
+            unused
+                .into_iter()
+                .map(|kind| {
+                    kinds.remove(&kind);
+                    let handle = tasks.handles.remove(&kind);
+                    (kind, handle)
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (kind, handle) in released {
+            if let Some(handle) = handle {
+                handle.abort();
+                // Aborted tasks end with a cancellation error; that is the point.
+                let _ = handle.await;
+            }
+            tracing::info!(kind = %kind, "watch released: no plugin uses the kind any more");
+            out.push(kind);
+        }
+        out
     }
 
     fn lock_kinds(&self) -> std::sync::MutexGuard<'_, HashMap<Gvk, Arc<OnceCell<Arc<KindStore>>>>> {
@@ -260,9 +303,10 @@ impl Stores {
             return Err(Error::ShutDown { kind: kind.clone() });
         }
         let span = tracing::info_span!("watch", kind = %kind);
-        tasks
-            .handles
-            .push(tokio::spawn(run_watch(store.clone(), api).instrument(span)));
+        tasks.handles.insert(
+            kind.clone(),
+            tokio::spawn(run_watch(store.clone(), api).instrument(span)),
+        );
         self.inner.watches.fetch_add(1, Ordering::Relaxed);
         tracing::info!(kind = %kind, plural = %resource.plural, namespaced, "watch started");
         Ok(store)
@@ -316,6 +360,10 @@ impl CacheView for Stores {
             .unwrap_or_default()
     }
 }
+
+/// Strong references to a [`KindStore`] the stores themselves keep: the map's and the
+/// watcher task's.
+const HELD_BY_STORES: usize = 2;
 
 /// The kind's watcher task: feeds every event into the store until aborted. See the
 /// module docs for how errors and `410 Gone` are recovered.

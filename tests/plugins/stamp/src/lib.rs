@@ -5,9 +5,12 @@
 //! `data.delay-ms` makes the reconcile busy-wait that long (by the host clock), so a
 //! test can stop the host while reconciles are in flight.
 //!
-//! Two crates build this source: `stamp-plugin` (the workspace version) and
-//! `stamp-next-plugin` (0.2.0). Both are named `stamp`, so one can replace the other in a
-//! plugin directory and the children show which version reconciled them.
+//! Four crates build this source: `stamp-plugin` (the workspace version),
+//! `stamp-next-plugin` (0.2.0), `stamp-wide-plugin` (0.3.0, feature `widget`: also
+//! watches a kind whose CRD is missing, so its controller cannot start) and
+//! `stamp-fin-plugin` (0.4.0, feature `finalizer`: declares the finalizer
+//! `rekon.dev/stamp`). All are named `stamp`, so one can replace another in a plugin
+//! directory and the children show which version reconciled them.
 
 use rekon_sdk::k8s_openapi::api::core::v1::ConfigMap;
 use rekon_sdk::{Error, Metadata, Output, Plugin, Request};
@@ -21,7 +24,17 @@ pub struct Stamp;
 
 impl Plugin for Stamp {
     fn metadata() -> Metadata {
-        Metadata::new::<ConfigMap>("stamp", env!("CARGO_PKG_VERSION")).owns::<ConfigMap>()
+        let m = Metadata::new::<ConfigMap>("stamp", env!("CARGO_PKG_VERSION")).owns::<ConfigMap>();
+        // stamp-wide-plugin: also watches a kind whose CRD the tests never install.
+        #[cfg(feature = "widget")]
+        let m = m.watch_gvk(
+            rekon_sdk::Gvk::new("rekon.dev", "v1alpha1", "Widget"),
+            rekon_sdk::Mapping::OwnerReference,
+        );
+        // stamp-fin-plugin: declares a finalizer.
+        #[cfg(feature = "finalizer")]
+        let m = m.finalizer("rekon.dev/stamp");
+        m
     }
 
     fn reconcile(req: Request) -> Result<Output, Error> {
