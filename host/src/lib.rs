@@ -25,6 +25,7 @@ pub mod apply;
 pub mod cli;
 pub mod contract;
 pub mod controller;
+pub mod fence;
 pub mod kinds;
 pub mod metrics;
 pub mod operator;

@@ -5,6 +5,7 @@
 //! recorded once, so a hot-looping failure cannot flood the API server.
 
 use crate::contract::{Event, EventType};
+use crate::fence::{Fence, Fenced};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -17,34 +18,72 @@ use std::time::{Duration, Instant};
 /// How long an identical event is suppressed.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
 
+/// Why an Event was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed the create.
+    #[error("recording the event failed: {0}")]
+    Api(#[source] kube::Error),
+    /// This process may not write now (leader Lease).
+    #[error("event not recorded: {0}")]
+    Fenced(#[source] Fenced),
+    /// No answer within the request deadline.
+    #[error("recording the event got no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Error {
+    /// A bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api(_) => "api",
+            Error::Fenced(_) => "fenced",
+            Error::Timeout(_) => "timeout",
+        }
+    }
+}
+
 /// Records events.
 #[derive(Clone)]
 pub struct Recorder {
     client: kube::Client,
     instance: String,
     recent: Arc<Mutex<HashMap<String, Instant>>>,
+    fence: Fence,
+    deadline: Duration,
 }
 
 impl Recorder {
-    /// A recorder reporting as `rekon.dev/<plugin>` from `instance` (e.g. the pod name).
+    /// A recorder reporting as `rekon.dev/<plugin>` from `instance` (e.g. the pod name),
+    /// unfenced, with a 30 s deadline per Event.
     pub fn new(client: kube::Client, instance: &str) -> Self {
         Self {
             client,
             instance: instance.to_owned(),
             recent: Arc::default(),
+            fence: Fence::open(),
+            deadline: Duration::from_secs(30),
         }
+    }
+
+    /// Records only while `fence` admits writes; each Event is sent within `deadline`.
+    pub fn guarded(mut self, fence: Fence, deadline: Duration) -> Self {
+        self.fence = fence;
+        self.deadline = deadline;
+        self
     }
 
     /// Records `event` about `regarding` (an object as JSON), reported by `plugin`.
     ///
     /// # Errors
-    /// The API error; callers log it: a lost event never fails a reconcile.
+    /// [`Error`]; callers log it: a lost event never fails a reconcile.
     pub async fn record(
         &self,
         plugin: &str,
         regarding: &Value,
         event: &Event,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), Error> {
+        self.fence.check().map_err(Error::Fenced)?;
         let s = |p: &str| {
             regarding
                 .pointer(p)
@@ -101,10 +140,12 @@ impl Recorder {
             }),
             ..Default::default()
         };
-        Api::<KubeEvent>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &ev)
-            .await
-            .map(|_| ())
+        let api = Api::<KubeEvent>::namespaced(self.client.clone(), &namespace);
+        match tokio::time::timeout(self.deadline, api.create(&PostParams::default(), &ev)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Api(e)),
+            Err(_) => Err(Error::Timeout(self.deadline)),
+        }
     }
 }
 

@@ -44,11 +44,14 @@ pub mod owner;
 pub mod status;
 
 use crate::contract::{Gvk, Mutation, Output, Target, kind_of, meta};
+use crate::fence::{Fence, Fenced};
 use crate::kinds::{self, Kinds};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use owner::Scope;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
 
 /// An object's identity in a snapshot.
 type Key = (Gvk, Option<String>, String);
@@ -248,6 +251,29 @@ pub enum Error {
     /// The kind could not be resolved.
     #[error(transparent)]
     UnknownKind(#[from] Box<kinds::Error>),
+    /// This process may not write now (it does not hold its leader Lease): nothing was
+    /// sent.
+    #[error("{verb} {what}: not written: {source}")]
+    Fenced {
+        /// Mutation verb.
+        verb: &'static str,
+        /// The object.
+        what: String,
+        /// Why the fence is closed.
+        #[source]
+        source: Fenced,
+    },
+    /// The API server did not answer within the request deadline. The write's outcome is
+    /// unknown: the next reconcile decides on what the cache shows then.
+    #[error("{verb} {what}: no answer from the API server within {after:?}")]
+    Timeout {
+        /// Mutation verb.
+        verb: &'static str,
+        /// The object.
+        what: String,
+        /// The deadline.
+        after: Duration,
+    },
 }
 
 impl Error {
@@ -262,6 +288,8 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::Unavailable { .. } => "unavailable",
             Error::UnknownKind(_) => "unknown_kind",
+            Error::Fenced { .. } => "fenced",
+            Error::Timeout { .. } => "timeout",
         }
     }
 
@@ -492,13 +520,54 @@ pub fn prepare(
 pub struct Applier {
     kinds: Kinds,
     watched: Option<String>,
+    fence: Fence,
+    deadline: Duration,
 }
 
 impl Applier {
     /// An applier writing through `kinds`' client, for a host watching namespaced kinds
-    /// in `watched` only (`None`: everywhere).
+    /// in `watched` only (`None`: everywhere), open (no fence) and with a 30 s deadline
+    /// per API call.
     pub fn new(kinds: Kinds, watched: Option<String>) -> Self {
-        Self { kinds, watched }
+        Self {
+            kinds,
+            watched,
+            fence: Fence::open(),
+            deadline: Duration::from_secs(30),
+        }
+    }
+
+    /// Writes only while `fence` admits them; each API call answers within `deadline`
+    /// or fails with [`Error::Timeout`].
+    pub fn guarded(mut self, fence: Fence, deadline: Duration) -> Self {
+        self.fence = fence;
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs one API call: refused without sending if the fence is closed (writes only),
+    /// bounded by the deadline.
+    async fn call<T>(
+        &self,
+        verb: &'static str,
+        what: &str,
+        write: bool,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, Error> {
+        if write {
+            self.fence.check().map_err(|source| Error::Fenced {
+                verb,
+                what: what.to_owned(),
+                source,
+            })?;
+        }
+        tokio::time::timeout(self.deadline, request)
+            .await
+            .map_err(|_| Error::Timeout {
+                verb,
+                what: what.to_owned(),
+                after: self.deadline,
+            })
     }
 
     /// Writes `output`, in order, for the reconcile described by `cx`; see the module
@@ -656,11 +725,8 @@ impl Applier {
                 (true, seen.map(|s| s.resource_version))
             }
             Consent::Unseen => {
-                match api
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| Error::from_kube("apply", what.clone(), e))?
-                {
+                let live = self.call("apply", &what, false, api.get_opt(&name)).await?;
+                match live.map_err(|e| Error::from_kube("apply", what.clone(), e))? {
                     None => (false, None),
                     Some(live) => {
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
@@ -678,9 +744,14 @@ impl Applier {
         }
         let mut params = PatchParams::apply(&field_manager(cx.plugin));
         params.force = force;
-        let out = api
-            .patch(&name, &params, &Patch::Apply(&desired))
-            .await
+        let out = self
+            .call(
+                "apply",
+                &what,
+                true,
+                api.patch(&name, &params, &Patch::Apply(&desired)),
+            )
+            .await?
             .map_err(|e| Error::from_kube("apply", what, e))?;
         let mut w = written(&kind, ns, name, "apply", Some(out));
         w.previous = precondition;
@@ -707,7 +778,12 @@ impl Applier {
         if seen.controller.as_deref() == Some(primary_uid) || cx.adopt.contains(kind) {
             return Ok(());
         }
-        let live = api.get_opt(name).await.ok().flatten();
+        let live = self
+            .call("apply", what, false, api.get_opt(name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         let holder = live
             .as_ref()
             .map(|o| holder_of(&serde_json::to_value(o).unwrap_or(Value::Null)))
@@ -747,27 +823,32 @@ impl Applier {
             })
         };
         let pp = PostParams::default();
+        let verb = p.verb;
         let out = match m {
             Mutation::Apply(_) | Mutation::Create(_) => {
-                Some(api.create(&pp, &object(&p.body)?).await.map_err(fail)?)
-            }
-            Mutation::Update(_) => Some(
-                api.replace(&p.name, &pp, &object(&p.body)?)
-                    .await
-                    .map_err(fail)?,
-            ),
-            Mutation::UpdateStatus(_) => Some(
-                api.replace_status(&p.name, &pp, &object(&p.body)?)
-                    .await
-                    .map_err(fail)?,
-            ),
-            Mutation::MergePatch { .. } => {
-                let patch = p.body.clone().unwrap_or(Value::Null);
+                let body = object(&p.body)?;
                 Some(
-                    api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
+                    self.call(verb, &what, true, api.create(&pp, &body))
+                        .await?
                         .map_err(fail)?,
                 )
+            }
+            Mutation::Update(_) => {
+                let body = object(&p.body)?;
+                let request = api.replace(&p.name, &pp, &body);
+                Some(self.call(verb, &what, true, request).await?.map_err(fail)?)
+            }
+            Mutation::UpdateStatus(_) => {
+                let body = object(&p.body)?;
+                let request = api.replace_status(&p.name, &pp, &body);
+                Some(self.call(verb, &what, true, request).await?.map_err(fail)?)
+            }
+            Mutation::MergePatch { .. } => {
+                let patch = p.body.clone().unwrap_or(Value::Null);
+                let params = PatchParams::default();
+                let patch = Patch::Merge(&patch);
+                let request = api.patch(&p.name, &params, &patch);
+                Some(self.call(verb, &what, true, request).await?.map_err(fail)?)
             }
             Mutation::Delete(_) => {
                 let dp = DeleteParams {
@@ -777,7 +858,10 @@ impl Applier {
                     }),
                     ..Default::default()
                 };
-                match api.delete(&p.name, &dp).await {
+                match self
+                    .call(verb, &what, true, api.delete(&p.name, &dp))
+                    .await?
+                {
                     Ok(either) => either.left(),
                     // Gone already: the cache will show it gone as well.
                     Err(kube::Error::Api(s)) if s.code == 404 => None,

@@ -12,6 +12,7 @@
 
 use crate::apply::events::Recorder;
 use crate::controller::{self, Host};
+use crate::fence::Fence;
 use crate::operator::config::parse_duration;
 use crate::operator::leader::{Elector, Timing};
 use crate::operator::{self, Follow, PluginSet, Reporter};
@@ -76,6 +77,10 @@ pub struct RunArgs {
     /// and the process id).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Deadline of every API request the controllers make (writes, reads, Events); a
+    /// write that times out counts as a failure and is retried with backoff.
+    #[arg(long, env = "REKON_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub request_timeout: Duration,
 }
 
 /// A kube client from `kubeconfig`, or inferred (in-cluster, then `~/.kube/config`).
@@ -107,7 +112,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let client = client(args.kubeconfig.as_deref()).await?;
     let identity = identity(&args);
-    let (host, loader) = build_host(&args, client.clone(), &identity)?;
+    // With leader election, every write is fenced by the Lease (closed until acquired).
+    let fence = if args.leader_elect {
+        Fence::leased(args.renew_deadline)
+    } else {
+        Fence::open()
+    };
+    let (host, loader) = build_host(&args, client.clone(), &identity, &fence)?;
     let stopped = stop_on_signal();
 
     let readiness = Readiness::default();
@@ -128,6 +139,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 retry: args.retry_period,
             },
         )
+        .fenced(fence.clone())
     };
     let mut elector = args.leader_elect.then(candidate);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
@@ -146,7 +158,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let reporter = Reporter {
-        recorder: Recorder::new(client.clone(), &identity),
+        recorder: Recorder::new(client.clone(), &identity)
+            .guarded(fence.clone(), args.request_timeout),
         regarding: event_subject(&args),
     };
     let mut set = PluginSet::new(host.clone(), loader, args.plugins.clone(), Some(reporter));
@@ -180,6 +193,7 @@ fn build_host(
     args: &RunArgs,
     client: kube::Client,
     identity: &str,
+    fence: &Fence,
 ) -> anyhow::Result<(Host, Loader)> {
     let sandbox = Sandbox::new(sandbox::Config::default())?;
     let artifacts = args
@@ -196,6 +210,8 @@ fn build_host(
             namespace: args.namespace.clone(),
             sandbox_slots: sandbox.config().pool_instances as usize,
             instance: identity.to_owned(),
+            fence: fence.clone(),
+            request_timeout: args.request_timeout,
             ..Default::default()
         },
     );
@@ -293,16 +309,27 @@ async fn shut_down(
     grace: Duration,
     lost: bool,
 ) -> anyhow::Result<ExitCode> {
+    // A deposed leader's writes are fenced already: do not wait for reconciles in
+    // flight, exit at once so the restart begins from a clean state.
+    let grace = if lost { Duration::ZERO } else { grace };
     tracing::info!(grace = ?grace, "stopping controllers");
     host.shutdown(grace).await;
     if lost {
         tracing::error!("exiting: leadership lost");
         return Ok(ExitCode::FAILURE);
     }
-    if let Some(e) = elector
-        && let Err(err) = e.release().await
-    {
-        tracing::warn!(error = %err, "could not release the lease; a standby takes over when it expires");
+    if let Some(e) = elector {
+        match tokio::time::timeout(Duration::from_secs(5), e.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not release the lease; a standby takes over when it expires");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "releasing the lease got no answer; a standby takes over when it expires"
+                );
+            }
+        }
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -60,6 +60,12 @@ pub struct Config {
     pub thrash: thrash::ThrashConfig,
     /// How long starting a plugin waits for its watches' first lists.
     pub sync_timeout: Duration,
+    /// Every write (and Event) is made only while this admits it: the leader Lease's
+    /// fence with leader election, open without.
+    pub fence: crate::fence::Fence,
+    /// Deadline of each API request the controllers make (not of watches, which kube's
+    /// watcher restarts when idle past its own timeout).
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +80,8 @@ impl Default for Config {
             namespace: None,
             thrash: thrash::ThrashConfig::default(),
             sync_timeout: Duration::from_secs(60),
+            fence: crate::fence::Fence::open(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -259,8 +267,10 @@ impl Host {
         Self {
             shared: reconciler::HostParts {
                 stores,
-                applier: Applier::new(kinds.clone(), config.namespace.clone()),
-                recorder: Recorder::new(client, &config.instance),
+                applier: Applier::new(kinds.clone(), config.namespace.clone())
+                    .guarded(config.fence.clone(), config.request_timeout),
+                recorder: Recorder::new(client, &config.instance)
+                    .guarded(config.fence.clone(), config.request_timeout),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
                 config,
                 metrics,

@@ -591,6 +591,13 @@ impl Reconciler {
                 tracing::debug!(error = %e, "conflict; reconciling again on fresh state");
                 Outcome::RetryNow
             }
+            Some(e @ crate::apply::Error::Fenced { .. }) => {
+                // Not the leader (any more): nothing was written, and nothing can be
+                // reported; the process is about to exit or stands by.
+                self.stats.count_write_error(e.metric_label());
+                tracing::debug!(error = %e, "output dropped: this process may not write");
+                Outcome::Failed
+            }
             Some(e) => {
                 self.stats.apply_errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.count_write_error(e.metric_label());

@@ -7,14 +7,21 @@
 //!   it read, so two candidates racing for a free Lease cannot both win.
 //! - A leader that could not renew for `renew_deadline` considers itself deposed
 //!   ([`Elector::hold`] returns) and must stop reconciling: rekon exits so that a restart
-//!   begins from a clean state, as controller-runtime does.
+//!   begins from a clean state, as controller-runtime does. Every renew is bounded by
+//!   what is left of the renew deadline, so a black-holed connection cannot stall it.
+//! - The elector keeps the process's [`Fence`]: open for the renew deadline after each
+//!   successful acquire or renew (counted from when it was sent), revoked when leadership
+//!   is lost. Every write the host makes checks it, so a deposed leader writes nothing
+//!   even before it has exited.
 //! - On shutdown the leader releases the Lease (clears the holder), so a standby takes
 //!   over at its next retry instead of after a full lease duration.
 
+use crate::fence::Fence;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Election timings.
 #[derive(Debug, Clone)]
@@ -63,6 +70,7 @@ pub struct Elector {
     timing: Timing,
     /// The Lease as last seen (holder, renew time, version) and when it was first seen so.
     observed: Option<(Observed, Instant)>,
+    fence: Fence,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +97,15 @@ impl Elector {
             identity: identity.to_owned(),
             timing,
             observed: None,
+            fence: Fence::open(),
         }
+    }
+
+    /// Keeps `fence` (see the module docs): opened by each successful acquire or renew
+    /// for the renew deadline, revoked when leadership is lost.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// The Lease as a reference for Events (`None` until it has been read).
@@ -110,8 +126,12 @@ impl Elector {
     pub async fn acquire(&mut self) {
         let mut logged_holder = None;
         loop {
-            match self.try_acquire_or_renew().await {
+            let sent = Instant::now();
+            let step =
+                tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew());
+            match step.await.unwrap_or(Ok(false)) {
                 Ok(true) => {
+                    self.fence.renewed(sent);
                     tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
                     return;
                 }
@@ -129,24 +149,43 @@ impl Elector {
     }
 
     /// Keeps renewing the Lease; returns when leadership is lost (no successful renewal
-    /// for the renew deadline, or another holder took it).
+    /// for the renew deadline, or another holder took it), with the fence revoked.
+    ///
+    /// # Guarantees
+    /// Each renew is bounded by what is left of the renew deadline (counted from the last
+    /// successful renew's sending), so it returns within the renew deadline of the last
+    /// success whatever the API server does.
     pub async fn hold(&mut self) {
-        let mut last_renewed = Instant::now();
+        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
+            let left = self
+                .fence
+                .remaining()
+                .unwrap_or_else(|| self.timing.renew_deadline.saturating_sub(last_ok.elapsed()));
+            if left.is_zero() {
+                break;
+            }
+            let sent = Instant::now();
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    last_ok = sent;
+                    self.fence.renewed(sent);
+                }
+                Ok(Ok(false)) => {
+                    self.fence.revoke();
                     tracing::error!(lease = %self.name, "leadership lost: another instance holds the lease");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+                Err(_) => tracing::warn!(after = ?left, "renewing the lease got no answer in time"),
             }
-            if last_renewed.elapsed() > self.timing.renew_deadline {
-                tracing::error!(lease = %self.name, deadline = ?self.timing.renew_deadline, "leadership lost: could not renew the lease in time");
-                return;
+            if last_ok.elapsed() >= self.timing.renew_deadline {
+                break;
             }
         }
+        self.fence.revoke();
+        tracing::error!(lease = %self.name, deadline = ?self.timing.renew_deadline, "leadership lost: could not renew the lease in time");
     }
 
     /// Gives the Lease up if this candidate holds it.

@@ -6,6 +6,7 @@ mod chaos;
 mod controller;
 mod deploy;
 mod examples;
+mod fencing;
 mod isolation;
 mod lifecycle;
 mod operator;

@@ -53,16 +53,30 @@ impl Plugin for Stamp {
             while rekon_sdk::clock::now() - start < ms {}
         }
         let settings: rekon_sdk::serde_json::Value = req.settings()?;
-        let data = BTreeMap::from([
+        let mut data = BTreeMap::from([
             ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
             ("settings".to_owned(), settings.to_string()),
         ]);
+        // `data.requeue-ms`: stamp again that often, with the time, so each stamp is a
+        // real write (the fencing test watches who writes).
+        let every = source
+            .data
+            .as_ref()
+            .and_then(|d| d.get("requeue-ms"))
+            .and_then(|v| v.parse::<u64>().ok());
+        if every.is_some() {
+            data.insert("at".to_owned(), rekon_sdk::clock::now().to_string());
+        }
         let stamp = ConfigMap {
             metadata: req.child_meta(format!("{}-stamp", req.name())),
             data: Some(data),
             ..ConfigMap::default()
         };
-        Ok(Output::new().apply(&stamp))
+        let out = Output::new().apply(&stamp);
+        Ok(match every {
+            Some(ms) => out.requeue_after(std::time::Duration::from_millis(ms)),
+            None => out,
+        })
     }
 }
 

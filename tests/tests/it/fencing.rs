@@ -1,0 +1,212 @@
+//! Fenced writes on the real API server: a leader cut off from the API server (through
+//! the fault proxy) stops writing before a standby can take over, and exits.
+
+use crate::controller::setup;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use rekon_tests::controlplane::{ControlPlane, wait_until};
+use rekon_tests::plugins;
+use rekon_tests::process::{RekonProcess, RunOptions};
+use rekon_tests::proxy::FaultProxy;
+use serde_json::json;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(8);
+const RENEW_DEADLINE: Duration = Duration::from_secs(4);
+
+/// A plugin directory with the stamp plugin, whose settings name `who`.
+fn plugin_dir(who: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stamp.yaml"),
+        format!("settings:\n  who: {who}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("stamp.wasm"),
+        plugins::bytes("stamp-plugin"),
+    )
+    .unwrap();
+    dir
+}
+
+fn start(kubeconfig: &Path, dir: &Path, ns: &str, identity: &str) -> RekonProcess {
+    RekonProcess::start(RunOptions::new(kubeconfig, dir, identity).args([
+        format!("--namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        format!("--lease-duration={}s", LEASE.as_secs()),
+        format!("--renew-deadline={}s", RENEW_DEADLINE.as_secs()),
+        "--retry-period=500ms".to_owned(),
+        "--request-timeout=3s".to_owned(),
+        "--leader-elect".to_owned(),
+    ]))
+}
+
+async fn lease(client: &kube::Client, ns: &str) -> Option<Lease> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("rekon")
+        .await
+        .expect("the Lease can be read")
+}
+
+async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
+    lease(client, ns).await?.spec?.holder_identity
+}
+
+/// One version of the stamp child as the API server stored it.
+#[derive(Debug, Clone)]
+struct Stamp {
+    who: String,
+    resource_version: u64,
+    /// When the server recorded rekon's write (managedFields, whole seconds).
+    written: Option<jiff::Timestamp>,
+}
+
+fn stamp_of(cm: &ConfigMap) -> Option<Stamp> {
+    let settings = cm.data.as_ref()?.get("settings")?;
+    let who = serde_json::from_str::<serde_json::Value>(settings).ok()?["who"]
+        .as_str()?
+        .to_owned();
+    let written = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.manager.as_deref() == Some("rekon-stamp"))
+        .filter_map(|f| f.time.as_ref().map(|t| t.0))
+        .max();
+    Some(Stamp {
+        who,
+        resource_version: cm.metadata.resource_version.as_deref()?.parse().ok()?,
+        written,
+    })
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_takes_over() {
+    let (client, ns) = setup("fence").await;
+    let cp = ControlPlane::shared().await.expect("control plane");
+    let proxy_a = FaultProxy::start(cp.client().await.unwrap()).await.unwrap();
+    let proxy_b = FaultProxy::start(cp.client().await.unwrap()).await.unwrap();
+    let configs = tempfile::tempdir().unwrap();
+    let (kc_a, kc_b) = (configs.path().join("a"), configs.path().join("b"));
+    proxy_a.write_kubeconfig(&kc_a).unwrap();
+    proxy_b.write_kubeconfig(&kc_b).unwrap();
+    let (dir_a, dir_b) = (plugin_dir("a"), plugin_dir("b"));
+
+    let mut a = start(&kc_a, dir_a.path(), ns.name(), "rekon-a");
+    wait_until("rekon-a leads", WAIT, || async {
+        (holder(&client, ns.name()).await.as_deref() == Some("rekon-a")).then_some(())
+    })
+    .await
+    .unwrap();
+    let b = start(&kc_b, dir_b.path(), ns.name(), "rekon-b");
+
+    // Every version of the stamp child, in the order the API server stored them.
+    let api: Api<ConfigMap> = ns.api();
+    let seen: Arc<Mutex<Vec<Stamp>>> = Arc::default();
+    let watch = tokio::spawn({
+        let (api, seen) = (api.clone(), seen.clone());
+        async move {
+            let config = watcher::Config::default().fields("metadata.name=p-stamp");
+            let mut events = std::pin::pin!(watcher(api, config));
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = event
+                    && let Some(stamp) = stamp_of(&cm)
+                {
+                    seen.lock().unwrap().push(stamp);
+                }
+            }
+        }
+    });
+    let primary: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "p", "labels": {"rekon.dev/stamp": "true"}},
+        "data": {"requeue-ms": "300"},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &primary).await.unwrap();
+    wait_until("rekon-a stamps", WAIT, || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.who == "a")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Cut rekon-a off: its renews and writes go nowhere.
+    proxy_a.block_all(true);
+    let cut = Instant::now();
+    let exited = loop {
+        if let Some(status) = a.try_wait() {
+            break (status, cut.elapsed());
+        }
+        assert!(
+            cut.elapsed() < LEASE + Duration::from_secs(10),
+            "rekon-a still runs {:?} after the cut",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_until("rekon-b takes over", WAIT, || async {
+        (holder(&client, ns.name()).await.as_deref() == Some("rekon-b")).then_some(())
+    })
+    .await
+    .unwrap();
+    let acquired = lease(&client, ns.name())
+        .await
+        .and_then(|l| l.spec?.acquire_time)
+        .expect("an acquire time")
+        .0;
+    wait_until("rekon-b stamps", WAIT, || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.who == "b")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    // Heal the partition: whatever rekon-a still held back could land now.
+    proxy_a.block_all(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.abort();
+
+    let seen = seen.lock().unwrap().clone();
+    let first_b = seen
+        .iter()
+        .filter(|s| s.who == "b")
+        .map(|s| s.resource_version)
+        .min()
+        .unwrap();
+    let late: Vec<&Stamp> = seen
+        .iter()
+        .filter(|s| s.who == "a")
+        .filter(|s| s.resource_version > first_b || s.written.is_some_and(|w| w > acquired))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "writes of the old leader after the takeover at {acquired}: {late:?}"
+    );
+    let (status, after) = exited;
+    assert!(
+        !status.success(),
+        "a deposed leader exits non-zero: {status:?}"
+    );
+    assert!(
+        after < LEASE,
+        "rekon-a exited {after:?} after the cut, past the lease duration {LEASE:?}"
+    );
+    println!(
+        "rekon-a exited {after:?} after the cut ({status:?}); {} stamp versions, first by b at {first_b}",
+        seen.len()
+    );
+    drop(b);
+}
