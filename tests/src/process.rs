@@ -101,16 +101,33 @@ impl RekonProcess {
         http_get(self.port, path)
     }
 
+    /// The body of `/metrics`.
+    ///
+    /// # Errors
+    /// [`MetricError::Unreachable`] while nothing answers, [`MetricError::Status`] for an
+    /// answer other than 200.
+    pub fn metrics(&self) -> Result<String, MetricError> {
+        let (status, body) = self
+            .get("/metrics")
+            .ok_or(MetricError::Unreachable { port: self.port })?;
+        if status != 200 {
+            return Err(MetricError::Status { status });
+        }
+        Ok(body)
+    }
+
     /// The value of one sample on `/metrics`, e.g.
-    /// `reconcile_total{plugin="webapp",result="success"}` (0 when absent).
-    pub fn metric(&self, sample: &str) -> f64 {
-        self.get("/metrics")
-            .and_then(|(_, body)| {
-                body.lines()
-                    .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            })
-            .unwrap_or(0.0)
+    /// `reconcile_total{plugin="webapp",result="success"}`: present, or an error saying
+    /// why not (absent is not zero).
+    ///
+    /// # Errors
+    /// As [`metrics`](Self::metrics), and [`MetricError::Absent`] when the body has no
+    /// such sample.
+    pub fn metric(&self, sample: &str) -> Result<f64, MetricError> {
+        let body = self.metrics()?;
+        sample_value(&body, sample)?.ok_or_else(|| MetricError::Absent {
+            sample: sample.to_owned(),
+        })
     }
 
     /// Resident memory in bytes (Linux), `None` once the process is gone.
@@ -160,6 +177,59 @@ impl Drop for RekonProcess {
     }
 }
 
+/// Why a sample could not be read from a host's `/metrics`.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    /// Nothing answered on the port.
+    #[error("nothing answers on 127.0.0.1:{port}")]
+    Unreachable {
+        /// The port.
+        port: u16,
+    },
+    /// `/metrics` answered with another status than 200.
+    #[error("/metrics answered {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The body has no sample of that name and labels.
+    #[error("{sample} is not among the samples on /metrics")]
+    Absent {
+        /// The sample asked for.
+        sample: String,
+    },
+    /// The sample's value is not a number.
+    #[error("{sample} has the value {value:?}, not a number")]
+    NotANumber {
+        /// The sample.
+        sample: String,
+        /// Its text.
+        value: String,
+    },
+}
+
+/// The value of `sample` (name and labels exactly as exposed) in a Prometheus text body:
+/// `Ok(None)` when absent.
+///
+/// # Errors
+/// [`MetricError::NotANumber`] when the sample is there but its value does not parse.
+pub fn sample_value(body: &str, sample: &str) -> Result<Option<f64>, MetricError> {
+    let Some(line) = body
+        .lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+    else {
+        return Ok(None);
+    };
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| MetricError::NotANumber {
+            sample: sample.to_owned(),
+            value: value.to_owned(),
+        })
+}
+
 /// A free TCP port on loopback (free when asked; a race with other binders is possible
 /// but unlikely).
 ///
@@ -187,4 +257,43 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &str = "# TYPE reconcile_total counter\n\
+        reconcile_total{plugin=\"web\",result=\"success\"} 0\n\
+        reconcile_total{plugin=\"web\",result=\"success_later\"} 4\n\
+        rekon_cache_bytes{kind=\"v1 ConfigMap\"} 1.5e3\n";
+
+    #[test]
+    fn a_sample_at_zero_is_present_and_a_missing_one_is_absent() {
+        assert_eq!(
+            sample_value(BODY, r#"reconcile_total{plugin="web",result="success"}"#).unwrap(),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample_value(BODY, r#"reconcile_total{plugin="pool",result="success"}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            sample_value(BODY, r#"rekon_cache_bytes{kind="v1 ConfigMap"}"#).unwrap(),
+            Some(1500.0)
+        );
+    }
+
+    #[test]
+    fn a_sample_is_not_matched_by_a_prefix_of_its_labels() {
+        assert_eq!(
+            sample_value(BODY, r#"reconcile_total{plugin="web",result="success_"#).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_is_an_error_not_zero() {
+        assert_eq!(http_get(free_port(), "/metrics"), None);
+    }
 }

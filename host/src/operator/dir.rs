@@ -128,11 +128,16 @@ mod tests {
     fn plugins_pair_with_their_configs_and_hidden_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        // `.c.wasm` and `.d.yml` have the extensions of a plugin and a config: only the
+        // hidden rule leaves them out.
         for f in [
             "a.wasm",
             "a.yaml",
             "b.wasm",
+            ".c.wasm",
             ".c.wasm.tmp",
+            ".b.yaml",
+            ".d.yml",
             "notes.txt",
             "d.yml",
         ] {
@@ -170,6 +175,32 @@ mod tests {
         assert!(
             settled(&third, &fourth).is_empty(),
             "a new config unsettles it"
+        );
+    }
+
+    #[test]
+    fn a_plugin_rewritten_to_the_same_size_is_unsettled_by_its_modification_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.wasm");
+        std::fs::write(&file, "same size").unwrap();
+        let set_modified = |secs: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        set_modified(1_000_000);
+        let first = scan(dir.path()).unwrap();
+        let second = scan(dir.path()).unwrap();
+        assert_eq!(settled(&first, &second).len(), 1, "unchanged: settled");
+        set_modified(1_000_001);
+        let third = scan(dir.path()).unwrap();
+        assert_eq!(third["a"].wasm_print.len, second["a"].wasm_print.len);
+        assert!(
+            settled(&second, &third).is_empty(),
+            "only the modification time changed, and that unsettles it"
         );
     }
 }

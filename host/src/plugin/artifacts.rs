@@ -194,3 +194,52 @@ fn write_cached(artifact: &[u8], path: &Path) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component: a preamble and nothing else.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    fn engine(epoch_interruption: bool) -> wasmtime::Engine {
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(epoch_interruption);
+        wasmtime::Engine::new(&config).unwrap()
+    }
+
+    fn origin(artifacts: &Artifacts, engine: &wasmtime::Engine) -> Origin {
+        artifacts
+            .component(engine, EMPTY_COMPONENT, "digest")
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn engines_that_generate_different_code_have_different_keys() {
+        assert_ne!(engine_key(&engine(true)), engine_key(&engine(false)));
+        assert_eq!(engine_key(&engine(true)), engine_key(&engine(true)));
+    }
+
+    #[test]
+    fn artifacts_of_two_engine_configurations_are_cached_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::in_dir(dir.path());
+        let (with_epochs, without) = (engine(true), engine(false));
+        assert_eq!(origin(&artifacts, &with_epochs), Origin::Compiled);
+        assert_eq!(origin(&artifacts, &without), Origin::Compiled);
+        // Neither replaced the other: same component bytes, two keys.
+        assert_eq!(origin(&artifacts, &with_epochs), Origin::Cached);
+        assert_eq!(origin(&artifacts, &without), Origin::Cached);
+        let cached = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            })
+            .count();
+        assert_eq!(cached, 2);
+    }
+}

@@ -40,20 +40,24 @@ fn hostile() -> &'static Loaded {
     })
 }
 
-/// Reconciles a ConfigMap whose `data` tells the hostile plugin what to do.
-fn run_hostile(data: serde_json::Value) -> Result<Output, Fault> {
+/// A request for a ConfigMap whose `data` tells the hostile plugin what to do.
+fn hostile_request(data: serde_json::Value) -> Request {
     let primary = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "victim", "namespace": "default", "resourceVersion": "1"},
         "data": data,
     });
-    let req = Request {
+    Request {
         primary: primary.to_string(),
         related: vec![],
         settings: "{}".into(),
-    };
+    }
+}
+
+/// Reconciles a ConfigMap whose `data` tells the hostile plugin what to do.
+fn run_hostile(data: serde_json::Value) -> Result<Output, Fault> {
     hostile()
-        .reconcile(&req, Clock::System, Arc::new(NoCache))
+        .reconcile(&hostile_request(data), Clock::System, Arc::new(NoCache))
         .result
 }
 
@@ -171,6 +175,23 @@ fn rekon_test_with_a_wrong_expectation_prints_a_diff_and_exits_non_zero() {
 }
 
 #[test]
+fn rekon_test_with_no_case_is_an_error_not_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a case").unwrap();
+    let out = std::process::Command::new(binary::rekon())
+        .arg("test")
+        .arg(plugins::path("webapp"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("holds no .yaml or .yml case"), "{stderr}");
+    assert!(!stdout.contains("passed"), "{stdout}");
+}
+
+#[test]
 fn rekon_test_passes_the_webapp_cases() {
     let out = std::process::Command::new(binary::rekon())
         .arg("test")
@@ -246,15 +267,95 @@ fn unbounded_allocation_is_stopped_by_the_memory_cap() {
 }
 
 #[test]
-fn unbounded_recursion_is_stopped_as_a_stack_overflow() {
-    let err = run_hostile(json!({"mode": "recurse"})).unwrap_err();
+fn unbounded_recursion_on_the_wasm_stack_is_stopped_as_a_stack_overflow() {
+    let err = run_hostile(json!({"mode": "deep-recurse"})).unwrap_err();
     assert!(
-        matches!(
-            err,
-            Fault::Sandbox(sandbox::Error::StackOverflow | sandbox::Error::Trapped { .. })
-        ),
+        matches!(err, Fault::Sandbox(sandbox::Error::StackOverflow)),
         "{err:?}"
     );
+    assert_eq!(err.metric_label(), "stack_overflow");
+}
+
+#[test]
+fn the_wasm_stack_limit_is_the_configured_max_wasm_stack() {
+    // 10 000 frames of a small function: well within the default 1 MiB, far over 64 KiB.
+    let depth = json!({"mode": "deep-recurse", "depth": "10000"});
+    let out = run_hostile(depth.clone()).expect("within the default stack");
+    assert!(!event_notes(&out).is_empty());
+    let small = Sandbox::new(sandbox::Config {
+        pool_instances: 2,
+        max_wasm_stack: 64 << 10,
+        ..Default::default()
+    })
+    .expect("sandbox starts");
+    let dir = plugins::target_dir().join("rekon-test-artifacts");
+    let hostile = Loader::new(small, Artifacts::in_dir(dir), limits())
+        .load_file(&plugins::path("hostile-plugin"))
+        .expect("the hostile plugin loads");
+    let err = hostile
+        .reconcile(&hostile_request(depth), Clock::System, Arc::new(NoCache))
+        .result
+        .unwrap_err();
+    assert!(
+        matches!(err, Fault::Sandbox(sandbox::Error::StackOverflow)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn every_call_gets_a_fresh_instance_with_its_globals_at_zero() {
+    for call in 0..5 {
+        let out = run_hostile(json!({"mode": "count"})).expect("the plugin counts");
+        assert_eq!(
+            event_notes(&out),
+            "calls=1",
+            "call {call} saw a global another call incremented"
+        );
+    }
+}
+
+#[test]
+fn events_and_conditions_without_a_reason_or_type_are_refused() {
+    for (mode, what, reason) in [
+        ("event-without-reason", "event 0", "reason must be"),
+        ("event-note-too-long", "event 0", "note is 2048 bytes"),
+        ("condition-without-type", "condition 0", "must not be empty"),
+        (
+            "condition-without-reason",
+            "condition 0",
+            "must not be empty",
+        ),
+    ] {
+        let err = run_hostile(json!({"mode": mode})).unwrap_err();
+        assert_eq!(err.metric_label(), "bad_record", "{mode}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(what) && msg.contains(reason), "{mode}: {msg}");
+    }
+}
+
+#[test]
+fn an_object_without_an_api_version_or_kind_is_refused() {
+    for (mode, field) in [
+        ("apply-without-api-version", "apiVersion"),
+        ("apply-without-kind", "kind"),
+    ] {
+        let err = run_hostile(json!({"mode": mode})).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Fault::InvalidOutput(check::Error::MalformedObject { index: 0, .. })
+            ),
+            "{mode}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(field),
+            "{mode}: the missing field is named: {msg}"
+        );
+    }
+    // The same object with both is accepted: the refusal is about the missing field.
+    let out = run_hostile(json!({"mode": "ok"})).expect("a complete object is accepted");
+    assert_eq!(out.mutations.len(), 1);
 }
 
 #[test]
@@ -374,13 +475,21 @@ fn compiled_artifacts_are_reused_from_the_cache() {
     let second = loader.load_file(&plugins::path("webapp")).unwrap();
     assert_eq!(first.origin, plugin::Origin::Compiled);
     assert_eq!(second.origin, plugin::Origin::Cached);
-    // A corrupted artifact is not trusted: it is recompiled.
+    // A corrupted artifact is not trusted: it is recompiled. One byte of compiled code
+    // flipped still deserializes (wasmtime checks the headers, not the code), so only the
+    // checksum written beside the artifact can tell.
+    let mut flipped = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let p = entry.unwrap().path();
         if p.extension().is_some_and(|e| e == "cwasm") {
-            std::fs::write(&p, b"garbage").unwrap();
+            let mut bytes = std::fs::read(&p).unwrap();
+            let (start, len) = elf_section(&bytes, ".text").expect("the artifact has code");
+            bytes[start + len / 2] ^= 0x01;
+            std::fs::write(&p, bytes).unwrap();
+            flipped += 1;
         }
     }
+    assert_eq!(flipped, 1, "one artifact was cached");
     let third = loader.load_file(&plugins::path("webapp")).unwrap();
     assert_eq!(third.origin, plugin::Origin::Compiled);
     assert!(Path::new(&plugins::path("webapp")).exists());
@@ -413,4 +522,26 @@ fn compiled_artifacts_are_reused_from_the_cache() {
             "{which}: Deployment, Service, status"
         );
     }
+}
+
+/// The file offset and size of the section `name` in a 64-bit little-endian ELF file
+/// (what wasmtime serializes a compiled component as).
+fn elf_section(elf: &[u8], name: &str) -> Option<(usize, usize)> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at =
+        |o: usize| usize::try_from(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?)).ok();
+    if elf.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let (table, entry) = (u64_at(0x28)?, usize::from(u16_at(0x3a)?));
+    let (count, names) = (usize::from(u16_at(0x3c)?), usize::from(u16_at(0x3e)?));
+    let header = |i: usize| table + i * entry;
+    let strings = u64_at(header(names) + 0x18)?;
+    (0..count).find_map(|i| {
+        let at = strings + usize::try_from(u32_at(header(i))?).ok()?;
+        let end = at + elf.get(at..)?.iter().position(|b| *b == 0)?;
+        (elf.get(at..end)? == name.as_bytes())
+            .then(|| Some((u64_at(header(i) + 0x18)?, u64_at(header(i) + 0x20)?)))?
+    })
 }

@@ -287,7 +287,36 @@ async fn after_a_forced_compaction_a_watch_from_an_old_resource_version_gets_410
         .metadata
         .resource_version
         .context("resourceVersion")?;
-    let _ = api.watch(&WatchParams::default().timeout(1), &rv).await?;
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await?
+        .boxed();
+    let mut next = api.get("old").await?;
+    next.data = Some([("v".to_string(), "after".to_string())].into());
+    api.replace("old", &PostParams::default(), &next).await?;
+    loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, stream.next())
+            .await
+            .context("the watch from the current resourceVersion said nothing")?;
+        match event {
+            Some(Ok(WatchEvent::Bookmark(_))) => continue,
+            Some(Ok(WatchEvent::Modified(cm))) => {
+                let v = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("v"))
+                    .map(String::as_str);
+                ensure!(
+                    v == Some("after"),
+                    "the watch delivered another change: {cm:?}"
+                );
+                break;
+            }
+            other => bail!("expected the change made after the compaction, got {other:?}"),
+        }
+    }
+    // Closed before the stop: the API server waits for open watches when asked to stop.
+    drop(stream);
 
     cp.stop().await?;
     Ok(())

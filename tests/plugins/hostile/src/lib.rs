@@ -11,7 +11,9 @@
 //! | `alloc` | allocates and touches 1 MiB blocks forever |
 //! | `panic` | `panic!("hostile panic")` |
 //! | `unreachable` | executes the wasm `unreachable` instruction |
-//! | `recurse` | recurses without bound (stack overflow) |
+//! | `recurse` | recurses without bound with frames in linear memory (overflows the shadow stack the guest keeps there, or the wasm stack, whichever comes first) |
+//! | `deep-recurse` | recurses without bound with nothing in linear memory, so only the wasm stack (the host's `max_wasm_stack`) can stop it |
+//! | `count` | increments a global counter and reports it: event `Counted` with note `calls=<n>` |
 //! | `giant-output` | applies a ConfigMap holding `data.bytes` bytes (default 64 MiB) |
 //! | `undeclared-write` | applies a `v1 Secret` (a kind it did not declare) |
 //! | `other-namespace` | applies ConfigMap `<name>-out` into namespace `data.namespace` (default `kube-system`), outside its primary's |
@@ -20,6 +22,9 @@
 //! | `socket` | connects TCP to `127.0.0.1:6443` and binds UDP; event `SocketDenied` / `SocketGranted` likewise |
 //! | `env` | event `Env` with note `vars=<count> args=<list>` |
 //! | `bad-json` | returns an `apply` whose JSON is `{not json` |
+//! | `event-without-reason` / `event-note-too-long` | returns an event with an empty reason / a 2 KiB note |
+//! | `condition-without-type` / `condition-without-reason` | returns a condition with an empty type / reason |
+//! | `apply-without-api-version` / `apply-without-kind` | applies ConfigMap `<name>-out` without its `apiVersion` / `kind` |
 //! | `stdout` | prints `data.bytes` bytes (default 10 MiB) to stdout, then succeeds with event `Printed` |
 //! | `error-transient` / `error-permanent` | returns that error (`hostile transient error` / `hostile permanent error`) |
 //! | `slow` | busy-waits `data.ms` milliseconds (default 100) by the host clock, then succeeds with event `Slept` |
@@ -28,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rekon_sdk::bindings::exports::rekon::plugin::guest::Guest;
@@ -66,6 +72,15 @@ impl Plugin for Hostile {
             "panic" => panic!("hostile panic"),
             "unreachable" => trap(),
             "recurse" => Ok(out.event(EventType::Normal, "Recursed", recurse(0).to_string())),
+            "deep-recurse" => Ok(out.event(
+                EventType::Normal,
+                "Recursed",
+                descend(0, number("depth", u64::MAX)).to_string(),
+            )),
+            "count" => {
+                let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(out.event(EventType::Normal, "Counted", format!("calls={calls}")))
+            }
             "giant-output" => {
                 let blob =
                     "x".repeat(usize::try_from(number("bytes", 64 << 20)).unwrap_or(usize::MAX));
@@ -131,16 +146,9 @@ impl Guest for HostileGuest {
 
     fn reconcile(request: wit::Request) -> Result<wit::Output, wit::ReconcileError> {
         let primary: serde_json::Value = serde_json::from_str(&request.primary).unwrap_or_default();
-        if primary["data"]["mode"] == "bad-json" {
-            return Ok(wit::Output {
-                mutations: vec![wit::Mutation::Apply("{not json".to_owned())],
-                requeue_after_ms: None,
-                events: Vec::new(),
-                conditions: Vec::new(),
-                prune: false,
-            });
-        }
-        raw::reconcile::<Hostile>(request)
+        let mode = primary["data"]["mode"].as_str().unwrap_or_default();
+        let name = primary["metadata"]["name"].as_str().unwrap_or_default();
+        untyped(mode, name).map_or_else(|| raw::reconcile::<Hostile>(request), Ok)
     }
 
     fn finalize(request: wit::Request) -> Result<wit::Output, wit::ReconcileError> {
@@ -150,6 +158,51 @@ impl Guest for HostileGuest {
     fn map_to_primaries(kind: wit::Gvk, object: String) -> Vec<wit::ObjectKey> {
         raw::map_to_primaries::<Hostile>(kind, object)
     }
+}
+
+/// The output of a mode no typed API can produce, for the primary `name`.
+fn untyped(mode: &str, name: &str) -> Option<wit::Output> {
+    let mut out = wit::Output {
+        mutations: Vec::new(),
+        requeue_after_ms: None,
+        events: Vec::new(),
+        conditions: Vec::new(),
+        prune: false,
+    };
+    let event = |reason: &str, note: String| wit::Event {
+        event_type: wit::EventType::Normal,
+        reason: reason.to_owned(),
+        note,
+    };
+    let condition = |condition_type: &str, reason: &str| wit::Condition {
+        condition_type: condition_type.to_owned(),
+        status: wit::ConditionStatus::TrueStatus,
+        reason: reason.to_owned(),
+        message: "hostile".to_owned(),
+    };
+    let mut object = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": format!("{name}-out") },
+    });
+    match mode {
+        "bad-json" => out
+            .mutations
+            .push(wit::Mutation::Apply("{not json".to_owned())),
+        "event-without-reason" => out.events.push(event("", "no reason".to_owned())),
+        "event-note-too-long" => out.events.push(event("Long", "x".repeat(2048))),
+        "condition-without-type" => out.conditions.push(condition("", "Hostile")),
+        "condition-without-reason" => out.conditions.push(condition("Ready", "")),
+        "apply-without-api-version" | "apply-without-kind" => {
+            let field = if mode == "apply-without-kind" {
+                "kind"
+            } else {
+                "apiVersion"
+            };
+            object.as_object_mut()?.remove(field);
+            out.mutations.push(wit::Mutation::Apply(object.to_string()));
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -189,6 +242,20 @@ fn trap() -> ! {
 #[cfg(not(target_arch = "wasm32"))]
 fn trap() -> ! {
     panic!("`unreachable` mode traps only on wasm32")
+}
+
+/// Calls of `count` this instance has seen.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Recurses `limit - n` deep. Only integers, no address taken: everything lives in wasm
+/// locals and the wasm stack, none in the shadow stack in linear memory. The rotation
+/// after the call keeps it from being turned into a loop.
+#[inline(never)]
+fn descend(n: u64, limit: u64) -> u64 {
+    if n >= limit {
+        return n;
+    }
+    descend(n + 1, limit).rotate_left(7) ^ n
 }
 
 #[inline(never)]
