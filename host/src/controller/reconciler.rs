@@ -792,13 +792,21 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_ten_percent() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_secs(100));
+    fn jitter_stretches_by_up_to_ten_percent_and_varies() {
+        let samples: Vec<Duration> = (0..100)
+            .map(|_| jittered(Duration::from_secs(100)))
+            .collect();
+        for d in &samples {
             assert!(
-                d >= Duration::from_secs(100) && d <= Duration::from_secs(110),
+                *d >= Duration::from_secs(100) && *d <= Duration::from_secs(110),
                 "{d:?}"
             );
         }
+        // Zero jitter would pass the bounds above; these would not.
+        assert!(samples.iter().any(|d| *d > Duration::from_secs(100)));
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "all equal: {samples:?}"
+        );
     }
 }

@@ -65,7 +65,7 @@ struct Stamp {
     who: String,
     resource_version: u64,
     /// When the server recorded rekon's write (managedFields, whole seconds).
-    written: Option<jiff::Timestamp>,
+    written: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 fn stamp_of(cm: &ConfigMap) -> Option<Stamp> {
@@ -79,8 +79,8 @@ fn stamp_of(cm: &ConfigMap) -> Option<Stamp> {
         .iter()
         .flatten()
         .filter(|f| f.manager.as_deref() == Some("rekon-stamp"))
-        .filter_map(|f| f.time.as_ref().map(|t| t.0))
-        .max();
+        .filter_map(|f| f.time.clone())
+        .max_by_key(|t| t.0);
     Some(Stamp {
         who,
         resource_version: cm.metadata.resource_version.as_deref()?.parse().ok()?,
@@ -163,8 +163,7 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
     let acquired = lease(&client, ns.name())
         .await
         .and_then(|l| l.spec?.acquire_time)
-        .expect("an acquire time")
-        .0;
+        .expect("an acquire time");
     wait_until("rekon-b stamps", WAIT, || async {
         seen.lock()
             .unwrap()
@@ -189,11 +188,14 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
     let late: Vec<&Stamp> = seen
         .iter()
         .filter(|s| s.who == "a")
-        .filter(|s| s.resource_version > first_b || s.written.is_some_and(|w| w > acquired))
+        .filter(|s| {
+            s.resource_version > first_b || s.written.as_ref().is_some_and(|w| w.0 > acquired.0)
+        })
         .collect();
     assert!(
         late.is_empty(),
-        "writes of the old leader after the takeover at {acquired}: {late:?}"
+        "writes of the old leader after the takeover at {:?}: {late:?}",
+        acquired.0
     );
     let (status, after) = exited;
     assert!(

@@ -878,7 +878,7 @@ mod tests {
         assert!(store.shows(&lost));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn wait_seen_wakes_on_the_event_that_catches_up() {
         let store = Arc::new(store());
         store.record_event(Event::Apply(cm("a").ns("n").rv(1).build()));
@@ -892,6 +892,8 @@ mod tests {
         });
         tokio::task::yield_now().await;
         store.record_event(Event::Apply(cm("a").ns("n").rv(2).build()));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "rv 2 is not rv 3");
         store.record_event(Event::Apply(cm("a").ns("n").rv(3).build()));
         assert!(waiter.await.unwrap());
     }
