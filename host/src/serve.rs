@@ -4,7 +4,8 @@
 //! use rekon_host::serve::{self, Endpoints, Readiness};
 //! # async fn run(host: rekon_host::controller::Host) -> std::io::Result<()> {
 //! let readiness = Readiness::default();
-//! let endpoints = Endpoints::new(host.metrics().clone(), readiness.clone());
+//! let metrics = rekon_host::metrics::Metrics::for_host(&host);
+//! let endpoints = Endpoints::new(metrics, readiness.clone());
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(serve::serve(listener, endpoints, async {
@@ -213,7 +214,9 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::Stats;
     use crate::controller::queue::Outcome;
+    use crate::metrics::PluginState;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
@@ -242,6 +245,19 @@ mod tests {
             stop,
             task,
         }
+    }
+
+    /// Adds a stopped plugin `web` that reconciled once, ending in `outcome`.
+    fn reconciled(metrics: &Metrics, outcome: Outcome) {
+        let stats = Arc::new(Stats::default());
+        stats.record_reconcile(outcome, Duration::from_millis(2));
+        metrics.add_source(move |scrape| {
+            scrape.plugins.push(PluginState {
+                name: "web".into(),
+                stats: stats.clone(),
+                running: None,
+            });
+        });
     }
 
     impl Server {
@@ -338,10 +354,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_as_openmetrics_when_asked_for() {
         let server = start().await;
-        server
-            .endpoints
-            .metrics
-            .reconciled("web", Outcome::Success, Duration::from_millis(2));
+        reconciled(&server.endpoints.metrics, Outcome::Success);
         let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         let answer = request(server.address, "GET", "/metrics", Some(prometheus_accept)).await;
         assert_eq!(answer.status, 200);
@@ -363,10 +376,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_fall_back_to_the_prometheus_text_format() {
         let server = start().await;
-        server
-            .endpoints
-            .metrics
-            .reconciled("web", Outcome::Failed, Duration::from_millis(2));
+        reconciled(&server.endpoints.metrics, Outcome::Failed);
         let answer = get(server.address, "/metrics").await;
         assert_eq!(answer.status, 200);
         assert_eq!(

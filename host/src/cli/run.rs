@@ -13,6 +13,7 @@
 use crate::apply::events::Recorder;
 use crate::controller::{self, Host};
 use crate::fence::Fence;
+use crate::metrics::Metrics;
 use crate::operator::config::parse_duration;
 use crate::operator::leader::{Elector, Timing};
 use crate::operator::{self, Follow, PluginSet, Reporter};
@@ -24,6 +25,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Arguments of `rekon run`.
@@ -121,9 +123,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (host, loader) = build_host(&args, client.clone(), &identity, &fence)?;
     let stopped = stop_on_signal();
 
+    // The metrics read the host at each scrape; the host knows nothing of them.
+    let metrics = Arc::new(Metrics::new());
+    let source = host.clone();
+    metrics.add_source(move |scrape| scrape.add_host(&source));
     let readiness = Readiness::default();
     if let Some(addr) = args.http_addr {
-        let endpoints = Endpoints::new(host.metrics().clone(), readiness.clone());
+        let endpoints = Endpoints::new(metrics.clone(), readiness.clone());
         serve_endpoints(addr, endpoints, stopped()).await?;
     }
 
@@ -162,7 +168,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .guarded(fence.clone(), args.request_timeout),
         regarding: event_subject(&args),
     };
-    let mut set = PluginSet::new(host.clone(), loader, args.plugins.clone(), Some(reporter));
+    let mut set = PluginSet::new(
+        host.clone(),
+        loader,
+        args.plugins.clone(),
+        Some(reporter),
+        metrics,
+    );
     let leadership_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = stop_or_lost(stopped(), lost_rx, leadership_lost.clone());
     let ready_host = host.clone();

@@ -6,156 +6,39 @@
 //!   concurrency, backoff, live events before resync (invariants 1 and 2).
 //! - [`mapping`]: watched-object events → primary keys.
 //! - [`Reconciler`]: one plugin's loop, from key to applied output.
-//! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots, and
-//!   the process's [`Metrics`].
+//! - [`Stats`]: what each plugin's controller counts, in plain counters and histograms
+//!   (the [`crate::metrics`] read them at scrape time).
+//! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots.
 
 mod access;
+mod config;
 mod expectations;
 mod finalizer;
+mod histogram;
 pub mod mapping;
 mod options;
 pub mod queue;
 mod reconciler;
+mod stats;
 pub mod store;
 pub mod thrash;
 
 pub use access::Missing;
+pub use config::Config;
+pub use histogram::Histogram;
 pub use options::PluginOptions;
 pub use reconciler::Reconciler;
+pub use stats::{Results, Stats};
 
 use crate::apply::Applier;
 use crate::apply::events::Recorder;
 use crate::kinds::Kinds;
-use crate::metrics::{Metrics, Scrape};
 use crate::plugin::Loaded;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-
-/// Host-wide controller settings.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Resync period for plugins that declare none.
-    pub resync_default: Duration,
-    /// Overrides every plugin's resync period (tests, operators who know better).
-    pub resync_override: Option<Duration>,
-    /// How long a reconcile waits for the cache to show the key's previous writes.
-    pub read_your_writes_timeout: Duration,
-    /// Concurrent reconciles per plugin. Their wasm calls are bounded separately by
-    /// [`sandbox_slots`](Self::sandbox_slots), so most of these are waiting on the API
-    /// server; a low number lets a few slow writes hold up every other key (64: the
-    /// sustained-load bench's event→reconcile p99 in the host 3 ms, against 289–408 ms
-    /// with 16 while the API server stalled).
-    pub max_concurrent_reconciles: usize,
-    /// Sandbox instances alive at once across plugins (≤ the sandbox pool).
-    pub sandbox_slots: usize,
-    /// Reported as the events' reporting instance (e.g. the pod name).
-    pub instance: String,
-    /// Watch namespaced kinds in this namespace only (`None`: the whole cluster).
-    pub namespace: Option<String>,
-    /// When rewriting an object back and forth with another writer counts as a fight.
-    pub thrash: thrash::ThrashConfig,
-    /// How long starting a plugin waits for its watches' first lists.
-    pub sync_timeout: Duration,
-    /// Every write (and Event) is made only while this admits it: the leader Lease's
-    /// fence with leader election, open without.
-    pub fence: crate::fence::Fence,
-    /// Deadline of each API request the controllers make (not of watches, which kube's
-    /// watcher restarts when idle past its own timeout).
-    pub request_timeout: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            resync_default: Duration::from_secs(600),
-            resync_override: None,
-            read_your_writes_timeout: Duration::from_secs(10),
-            max_concurrent_reconciles: 64,
-            sandbox_slots: 32,
-            instance: "rekon".to_owned(),
-            namespace: None,
-            thrash: thrash::ThrashConfig::default(),
-            sync_timeout: Duration::from_secs(60),
-            fence: crate::fence::Fence::open(),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Counters of one plugin's controller. They are the single record of these numbers: the
-/// [`Metrics`] read them at scrape time.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Plugin calls (reconcile or finalize).
-    pub reconciles: AtomicU64,
-    /// Writes the API server accepted.
-    pub writes: AtomicU64,
-    /// Outputs stopped by a 409 conflict.
-    pub conflicts: AtomicU64,
-    /// Outputs stopped by another API error.
-    pub apply_errors: AtomicU64,
-    /// Reconciles deferred until the cache showed the key's own previous writes (counted
-    /// once per wait, only when the writes were not shown yet).
-    pub ryw_waits: AtomicU64,
-    /// Deadlines such waits passed (each reported; the key keeps waiting).
-    pub ryw_timeouts: AtomicU64,
-    /// Resync passes.
-    pub resyncs: AtomicU64,
-    /// Fights with another writer the thrash guard detected.
-    pub thrash_fights: AtomicU64,
-    /// Finalizers released without cleanup because the plugin no longer declares them.
-    pub finalizers_released: AtomicU64,
-    /// Primaries being deleted left with the plugin's finalizer when it was removed.
-    pub finalizers_orphaned: AtomicU64,
-    faults: Mutex<BTreeMap<&'static str, u64>>,
-    write_errors: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Stats {
-    pub(crate) fn count_write_error(&self, label: &'static str) {
-        *self
-            .write_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(label)
-            .or_default() += 1;
-    }
-
-    /// Outputs stopped by an error other than a conflict, by reason label
-    /// ([`crate::apply::Error::metric_label`]: `not_owned`, `already_exists`, …).
-    pub fn write_errors(&self) -> BTreeMap<&'static str, u64> {
-        self.write_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn count_fault(&self, label: &'static str) {
-        *self
-            .faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(label)
-            .or_default() += 1;
-    }
-
-    /// Plugin faults by reason label.
-    pub fn faults(&self) -> BTreeMap<&'static str, u64> {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Shorthand for reading a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
 
 /// A controller ready to start ([`Host::prepare`]): permissions checked, stores listed.
 pub struct Prepared {
@@ -252,18 +135,9 @@ type RunningMap = Mutex<HashMap<String, Running>>;
 
 impl Host {
     /// A host talking to the API server through `client`.
-    ///
-    /// # Guarantees
-    /// Its [`metrics`](Self::metrics) read the running plugins' queues and counters and
-    /// every store at each scrape.
     pub fn new(client: kube::Client, config: Config) -> Self {
         let kinds = Kinds::new(client.clone());
         let stores = store::Stores::with_kinds(kinds.clone(), config.namespace.clone());
-        let running: Arc<RunningMap> = Arc::default();
-        let metrics = Arc::new(Metrics::new());
-        // Weak: the running controllers hold the metrics; a strong handle would be a cycle.
-        let source = (Arc::downgrade(&running), stores.clone());
-        metrics.add_source(move |scrape| scrape_host(&source.0, &source.1, scrape));
         Self {
             shared: reconciler::HostParts {
                 stores,
@@ -273,10 +147,9 @@ impl Host {
                     .guarded(config.fence.clone(), config.request_timeout),
                 sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
                 config,
-                metrics,
             },
             kinds,
-            running,
+            running: Arc::default(),
             memories: Arc::default(),
         }
     }
@@ -291,6 +164,7 @@ impl Host {
                 Arc::new(reconciler::Memory {
                     expectations: expectations::Expectations::default(),
                     thrash: thrash::ThrashGuard::new(self.shared.config.thrash.clone()),
+                    stats: Arc::default(),
                 })
             })
             .clone()
@@ -301,17 +175,24 @@ impl Host {
         &self.shared.stores
     }
 
-    /// The process's metrics: reconciles are recorded there, and each scrape reads the
-    /// running controllers and the stores. Serve them with [`crate::serve`]; count plugin
-    /// loads with [`Metrics::plugin_loaded`] and [`Metrics::plugin_refused`].
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
+    /// The counters of every plugin this host has run, by plugin name, running or not:
+    /// they outlive a controller (see [`Stats`]).
+    pub fn stats(&self) -> Vec<(String, Arc<Stats>)> {
+        let mut stats: Vec<_> = self
+            .memories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, memory)| (name.clone(), memory.stats.clone()))
+            .collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
     }
 
     /// Whether every store of every running plugin has completed its first list (`true`
     /// when no plugin runs).
     pub fn all_synced(&self) -> bool {
-        self.reconcilers().iter().all(|r| r.is_synced())
+        self.controllers().iter().all(|r| r.is_synced())
     }
 
     /// Resolves once every store of the plugins running when called has completed its
@@ -321,12 +202,13 @@ impl Host {
     /// Never resolves while a watch cannot list (a missing permission, an unreachable API
     /// server): race it against shutdown.
     pub async fn synced(&self) {
-        for reconciler in self.reconcilers() {
+        for reconciler in self.controllers() {
             reconciler.synced().await;
         }
     }
 
-    fn reconcilers(&self) -> Vec<Arc<Reconciler>> {
+    /// The running controllers, one per plugin, in no particular order.
+    pub fn controllers(&self) -> Vec<Arc<Reconciler>> {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -373,7 +255,7 @@ impl Host {
     /// [`Error::AccessReview`], [`Error::Store`] if a declared kind cannot be watched
     /// (e.g. its CRD is missing), [`Error::NotSynced`] if its watches do not list within
     /// [`Config::sync_timeout`]. The caller counts errors with
-    /// [`Metrics::plugin_start_failed`].
+    /// [`crate::metrics::Metrics::plugin_start_failed`].
     pub async fn prepare(
         &self,
         plugin: Loaded,
@@ -536,7 +418,7 @@ impl Host {
                 }
                 r.stats()
                     .finalizers_orphaned
-                    .fetch_add(1, Ordering::Relaxed);
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 reported += 1;
             }
         }
@@ -579,17 +461,4 @@ impl Host {
         }
         self.shared.stores.shutdown().await;
     }
-}
-
-/// The host's part of a scrape: the running controllers and every store.
-fn scrape_host(running: &Weak<RunningMap>, stores: &store::Stores, scrape: &mut Scrape) {
-    if let Some(running) = running.upgrade() {
-        let running = running.lock().unwrap_or_else(|e| e.into_inner());
-        scrape
-            .plugins
-            .extend(running.values().map(|r| r.reconciler.metrics_state()));
-    }
-    scrape
-        .stores
-        .extend(stores.kinds().iter().filter_map(|k| stores.store(k)));
 }

@@ -28,7 +28,6 @@ use crate::contract::{
     Entry, Event, EventType, GuestError, Gvk, KeyMapping, Mutation, ObjectKey, Output, Request,
     Target, meta,
 };
-use crate::metrics::{Metrics, PluginState};
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
 use crate::selector::Selector;
@@ -48,15 +47,15 @@ pub(super) struct HostParts {
     pub recorder: Recorder,
     pub sandbox_slots: Arc<Semaphore>,
     pub config: Config,
-    pub metrics: Arc<Metrics>,
 }
 
 /// What a plugin's controller keeps across restarts (a hot reload that changes its
-/// declaration starts a new controller): read-your-writes expectations and the thrash
-/// guard's history.
+/// declaration starts a new controller): read-your-writes expectations, the thrash
+/// guard's history and the counters.
 pub(super) struct Memory {
     pub expectations: Expectations,
     pub thrash: ThrashGuard,
+    pub stats: Arc<Stats>,
 }
 
 /// A running plugin controller.
@@ -92,7 +91,7 @@ impl Reconciler {
         Self {
             plugin: RwLock::new(plugin),
             queue,
-            stats: Arc::default(),
+            stats: memory.stats.clone(),
             memory,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             primary,
@@ -102,7 +101,7 @@ impl Reconciler {
         }
     }
 
-    /// The plugin's counters.
+    /// The plugin's counters (its predecessors' included, see [`Stats`]).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -134,18 +133,6 @@ impl Reconciler {
             .chain(self.watched.iter().map(|(_, store)| store.clone()))
             .chain(reads.iter().filter_map(|k| self.host.stores.store(k)))
             .collect()
-    }
-
-    /// What the metrics read from this controller at a scrape.
-    pub(super) fn metrics_state(&self) -> PluginState {
-        let plugin = self.plugin();
-        PluginState {
-            name: plugin.name().to_owned(),
-            version: plugin.metadata.version.clone(),
-            digest: plugin.digest.clone(),
-            stats: self.stats.clone(),
-            queue: self.queue.clone(),
-        }
     }
 
     /// The plugin version in use.
@@ -338,9 +325,7 @@ impl Reconciler {
         let span = tracing::info_span!("reconcile", plugin = %plugin.name(), kind = %plugin.metadata.primary.kind, key = %key);
         let started = tokio::time::Instant::now();
         let outcome = self.reconcile(&plugin, &key).instrument(span).await;
-        self.host
-            .metrics
-            .reconciled(plugin.name(), outcome, started.elapsed());
+        self.stats.record_reconcile(outcome, started.elapsed());
         lease.done(outcome);
     }
 

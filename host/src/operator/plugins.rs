@@ -19,11 +19,13 @@ use super::dir::{self, Files, Scan};
 use crate::apply::events::Recorder;
 use crate::contract::{Event, EventType, Metadata};
 use crate::controller::{Host, PluginOptions};
+use crate::metrics::Metrics;
 use crate::plugin::Loader;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Where refusals are reported as Kubernetes Events.
@@ -81,6 +83,7 @@ struct Failed {
 /// The plugins of one directory, kept in step with it.
 pub struct PluginSet {
     host: Host,
+    metrics: Arc<Metrics>,
     loader: Loader,
     dir: PathBuf,
     reporter: Option<Reporter>,
@@ -93,10 +96,17 @@ pub struct PluginSet {
 
 impl PluginSet {
     /// Plugins of `dir`, run by `host`, loaded by `loader`; refusals also go to
-    /// `reporter` when given.
-    pub fn new(host: Host, loader: Loader, dir: PathBuf, reporter: Option<Reporter>) -> Self {
+    /// `reporter` when given. Loads, refusals and start failures are counted in `metrics`.
+    pub fn new(
+        host: Host,
+        loader: Loader,
+        dir: PathBuf,
+        reporter: Option<Reporter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             host,
+            metrics,
             loader,
             dir,
             reporter,
@@ -193,7 +203,7 @@ impl PluginSet {
             Some((path, _)) => match PluginConfig::read(path) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.host.metrics().plugin_refused_because("config");
+                    self.metrics.plugin_refused_because("config");
                     return Some(self.refuse(stem, files, e.to_string(), None).await);
                 }
             },
@@ -202,7 +212,7 @@ impl PluginSet {
         let bytes = match std::fs::read(&files.wasm) {
             Ok(b) => b,
             Err(e) => {
-                self.host.metrics().plugin_refused_because("read");
+                self.metrics.plugin_refused_because("read");
                 let reason = format!("cannot read {}: {e}", files.wasm.display());
                 return Some(self.refuse(stem, files, reason, None).await);
             }
@@ -220,17 +230,17 @@ impl PluginSet {
         let mut loaded = match loaded {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
-                self.host.metrics().plugin_refused(&e);
+                self.metrics.plugin_refused(&e);
                 let reason = format!("{}: {e}", files.wasm.display());
                 return Some(self.refuse(stem, files, reason, None).await);
             }
             Err(e) => {
-                self.host.metrics().plugin_refused_because("panic");
+                self.metrics.plugin_refused_because("panic");
                 let reason = format!("{}: loading panicked: {e}", files.wasm.display());
                 return Some(self.refuse(stem, files, reason, None).await);
             }
         };
-        self.host.metrics().plugin_loaded(loaded.origin);
+        self.metrics.plugin_loaded(loaded.origin);
         loaded.source = Some(files.wasm.clone());
         loaded.limits = config.limits(&loaded.limits);
         let plugin = loaded.name().to_owned();
@@ -269,7 +279,7 @@ impl PluginSet {
                 {
                     Ok(p) => p,
                     Err(e) => {
-                        self.host.metrics().plugin_start_failed(&e);
+                        self.metrics.plugin_start_failed(&e);
                         let reason = format!("{}: {e}", files.wasm.display());
                         let retry_at = Some(Instant::now() + self.retry);
                         return Some(self.refuse(stem, files, reason, retry_at).await);

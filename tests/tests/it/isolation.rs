@@ -311,7 +311,9 @@ async fn every_plugin_failure_fails_only_its_own_key_and_the_rest_converges() {
 
     // Each fault counted under its bounded label, in the host's metrics.
     let metrics = wait_until("every fault is counted", WAIT, || async {
-        let text = host.metrics().encode(Format::Prometheus).ok()?;
+        let text = rekon_host::metrics::Metrics::for_host(&host)
+            .encode(Format::Prometheus)
+            .ok()?;
         let faults = hostile_faults(&text);
         FAILURES
             .iter()

@@ -88,7 +88,14 @@ async fn a_swap_whose_new_controller_cannot_start_keeps_the_old_one_running() {
         regarding: json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "rekon-host", "namespace": ns.name()}}),
     };
-    let mut set = PluginSet::new(host.clone(), loader, dir.path().to_owned(), Some(reporter));
+    let metrics = rekon_host::metrics::Metrics::for_host(&host);
+    let mut set = PluginSet::new(
+        host.clone(),
+        loader,
+        dir.path().to_owned(),
+        Some(reporter),
+        metrics,
+    );
     publish(dir.path(), "stamp.wasm", &plugins::bytes("stamp-plugin"));
     assert_eq!(
         next_changes(&mut set).await,
@@ -236,11 +243,11 @@ async fn the_watch_of_a_kind_is_released_when_its_last_plugin_stops() {
         .await
         .unwrap();
     let cm = Gvk::new("", "v1", "ConfigMap");
-    assert_eq!(host.stores().kinds(), [cm.clone()]);
+    assert_eq!(host.stores().kinds(), vec![cm.clone()]);
     host.stop("stamp").await;
     assert_eq!(
         host.stores().kinds(),
-        [cm.clone()],
+        vec![cm.clone()],
         "replicas still uses it"
     );
     host.stop("replicas").await;

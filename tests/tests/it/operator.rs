@@ -91,7 +91,14 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
         recorder: Recorder::new(client.clone(), "test"),
         regarding,
     };
-    let mut set = PluginSet::new(host.clone(), loader, dir.path().to_owned(), Some(reporter));
+    let metrics = rekon_host::metrics::Metrics::for_host(&host);
+    let mut set = PluginSet::new(
+        host.clone(),
+        loader,
+        dir.path().to_owned(),
+        Some(reporter),
+        metrics.clone(),
+    );
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<Change>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Drive passes by hand in a task: `follow` would too, but the test wants the changes.
@@ -176,7 +183,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     })
     .await
     .unwrap();
-    let metrics = host.metrics().encode(Format::Prometheus).unwrap();
+    let metrics = metrics.encode(Format::Prometheus).unwrap();
     assert!(
         metrics.contains("rekon_plugin_loads_total{result=\"refused\"} 1"),
         "{metrics}"
@@ -252,7 +259,13 @@ async fn follow_reports_settled_after_the_first_plugins_start() {
             ..Default::default()
         },
     );
-    let mut set = PluginSet::new(host.clone(), loader, dir.path().to_owned(), None);
+    let mut set = PluginSet::new(
+        host.clone(),
+        loader,
+        dir.path().to_owned(),
+        None,
+        rekon_host::metrics::Metrics::for_host(&host),
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut tx = Some(tx);
     let timing = Follow {

@@ -122,7 +122,7 @@ async fn a_plugin_fighting_another_writer_is_detected_reported_and_slowed() {
     );
     assert!(Stats::get(&mirror.stats().thrash_fights) >= 1);
     assert!(
-        host.metrics()
+        rekon_host::metrics::Metrics::for_host(&host)
             .encode(rekon_host::metrics::Format::Prometheus)
             .unwrap()
             .contains("rekon_thrash_fights_total{plugin=\"mirror\"} 1"),

@@ -46,7 +46,6 @@
 //!   reconciles everything, level-triggered). Leases in flight may finish;
 //!   [`drained`](Queue::drained) tells when they have.
 
-mod histogram;
 mod state;
 
 use std::fmt;
@@ -58,7 +57,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use histogram::Histogram;
+pub use super::histogram::Histogram;
 use state::{Added, Attempt, Scheduled, State};
 
 /// What a queue key must be. The host uses `(namespace, name)`.

@@ -37,40 +37,42 @@
 //! | `rekon_watch_relists_total` | `kind` | complete lists after the first (e.g. after `410 Gone`) |
 //!
 //! # Where the numbers come from
-//! Reconcile results and times, plugin loads and start failures are recorded here when they
-//! happen. Everything else is already counted by its owner — the queue
-//! ([`Queue`] accessors), the controller
-//! ([`Stats`]) and the stores ([`KindStore`]) — and is read from there at scrape time
-//! through the [sources](Metrics::add_source), so there is one source of truth per number.
+//! Each number has one owner, which counts it where it happens, in plain counters that
+//! know nothing of Prometheus: the controller ([`Stats`](crate::controller::Stats): reconcile results and times,
+//! plugin calls, faults, writes), its queue ([`Queue`](crate::controller::queue::Queue)
+//! accessors) and the stores ([`KindStore`](crate::controller::store::KindStore)). At each
+//! scrape the collector (`scrape.rs`) asks the [sources](Metrics::add_source) what runs
+//! ([`Scrape::add_host`] reads a [`Host`]) and encodes those counters.
+//!
+//! Only what no controller sees is recorded here, as it happens: plugin files loaded or
+//! refused and controllers that could not start ([`Metrics::plugin_loaded`] and friends,
+//! called by the operator's plugin set).
+//!
+//! This module sits above [`crate::controller`]: it reads the controller, never the
+//! reverse. The process wires the two together (`rekon run`; tests use
+//! [`Metrics::for_host`]).
 //!
 //! # Caveats
-//! Series read at scrape time belong to what runs now: when a plugin is stopped its
-//! per-plugin series disappear, and reappear from zero if it starts again (Prometheus
+//! A plugin's controller counters ([`Stats`](crate::controller::Stats)) are kept per plugin name for the life of the
+//! process: a hot reload that restarts its controller continues them, and they are still
+//! reported after the plugin stops. What belongs to the running controller — `rekon_plugin_info`,
+//! `active_workers`, `max_concurrent_reconciles` and the `workqueue_*` series — disappears
+//! when the plugin stops, and a restarted controller's queue counts from zero (Prometheus
 //! treats that as a counter reset).
 
-use crate::contract::ObjectKey;
-use crate::controller::Stats;
-use crate::controller::queue::{self, Outcome, Queue};
-use crate::controller::store::KindStore;
+mod scrape;
+
+pub use scrape::{PluginState, RunningState, Scrape};
+
+use crate::controller::Host;
 use crate::plugin::{self, Origin};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
+use scrape::Sources;
 use std::fmt;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-/// controller-runtime's buckets for `reconcile_time_seconds`, in seconds.
-const RECONCILE_TIME_BUCKETS: [f64; 40] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
-    1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 15.0, 20.0,
-    25.0, 30.0, 40.0, 50.0, 60.0,
-];
+use std::sync::Arc;
 
 /// An exposition format of the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,55 +93,6 @@ impl Format {
     }
 }
 
-/// One running plugin's controller as the scrape sees it: handles on the counters its
-/// owners keep.
-#[derive(Debug, Clone)]
-pub struct PluginState {
-    /// The plugin's name (the `plugin` and `name` labels).
-    pub name: String,
-    /// The version it declares.
-    pub version: String,
-    /// sha256 of its component, hex.
-    pub digest: String,
-    /// Its controller's counters.
-    pub stats: Arc<Stats>,
-    /// Its work queue.
-    pub queue: Queue<ObjectKey>,
-}
-
-/// What the [sources](Metrics::add_source) report at one scrape.
-#[derive(Debug, Default)]
-pub struct Scrape {
-    /// The running plugins.
-    pub plugins: Vec<PluginState>,
-    /// The stores, one per watched kind.
-    pub stores: Vec<Arc<KindStore>>,
-}
-
-type Source = Box<dyn Fn(&mut Scrape) + Send + Sync>;
-
-/// The sources, shared between [`Metrics`] and the collector in its registry.
-#[derive(Default)]
-struct Sources(Mutex<Vec<Source>>);
-
-impl fmt::Debug for Sources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
-        f.debug_struct("Sources").field("count", &n).finish()
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReconcileLabels {
-    plugin: String,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PluginLabels {
-    plugin: String,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -149,11 +102,6 @@ struct ResultLabels {
 struct ReasonLabels {
     reason: &'static str,
 }
-
-type TimeFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
-
-/// Picks one counter out of a plugin's [`Stats`].
-type StatsCounter = fn(&Stats) -> &AtomicU64;
 
 /// The metrics of one rekon process: a Prometheus registry with the event counters, plus
 /// the [sources](Self::add_source) read at scrape time. See the module docs for the names.
@@ -165,10 +113,6 @@ type StatsCounter = fn(&Stats) -> &AtomicU64;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    reconciles: Family<ReconcileLabels, Counter>,
-    reconcile_errors: Family<PluginLabels, Counter>,
-    terminal_errors: Family<PluginLabels, Counter>,
-    reconcile_time: TimeFamily,
     loads: Family<ResultLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
     start_failures: Family<ReasonLabels, Counter>,
@@ -185,35 +129,9 @@ impl Metrics {
     /// Empty metrics, with no source yet.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let reconciles = Family::default();
-        let reconcile_errors = Family::default();
-        let terminal_errors = Family::default();
-        let reconcile_time: TimeFamily =
-            Family::new_with_constructor(|| Histogram::new(RECONCILE_TIME_BUCKETS));
         let loads = Family::default();
         let refusals = Family::default();
         let start_failures = Family::default();
-        registry.register(
-            "reconcile",
-            "Reconciles per plugin and result (success, requeue_after, requeue, error)",
-            reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Reconciles per plugin that ended in an error",
-            reconcile_errors.clone(),
-        );
-        registry.register(
-            "terminal_reconcile_errors",
-            "Reconciles per plugin that ended in an error not retried until the object changes",
-            terminal_errors.clone(),
-        );
-        registry.register_with_unit(
-            "reconcile_time",
-            "Time per reconcile, from lease to outcome",
-            Unit::Seconds,
-            reconcile_time.clone(),
-        );
         registry.register(
             "rekon_plugin_loads",
             "Plugin files loaded (compiled, cached) or refused",
@@ -233,15 +151,20 @@ impl Metrics {
         registry.register_collector(Box::new(sources.clone()));
         Self {
             registry,
-            reconciles,
-            reconcile_errors,
-            terminal_errors,
-            reconcile_time,
             loads,
             refusals,
             start_failures,
             sources,
         }
+    }
+
+    /// Metrics whose scrapes read `host`: its plugins' counters, running controllers and
+    /// queues, and its stores.
+    pub fn for_host(host: &Host) -> Arc<Self> {
+        let metrics = Arc::new(Self::new());
+        let host = host.clone();
+        metrics.add_source(move |scrape| scrape.add_host(&host));
+        metrics
     }
 
     /// Adds a source: at every scrape, `source` reports what it runs into the [`Scrape`].
@@ -251,34 +174,7 @@ impl Metrics {
     /// must be quick and must not record metrics itself. A source that holds what holds
     /// these metrics would make a reference cycle: hold such things weakly.
     pub fn add_source(&self, source: impl Fn(&mut Scrape) + Send + Sync + 'static) {
-        self.sources
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::new(source));
-    }
-
-    /// Records one finished reconcile of `plugin`: its outcome and how long it took.
-    pub fn reconciled(&self, plugin: &str, outcome: Outcome, took: Duration) {
-        let result = result_label(outcome);
-        self.reconciles
-            .get_or_create(&ReconcileLabels {
-                plugin: plugin.to_owned(),
-                result,
-            })
-            .inc();
-        let labels = PluginLabels {
-            plugin: plugin.to_owned(),
-        };
-        if result == "error" {
-            self.reconcile_errors.get_or_create(&labels).inc();
-        }
-        if outcome == Outcome::FailedPermanent {
-            self.terminal_errors.get_or_create(&labels).inc();
-        }
-        self.reconcile_time
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        self.sources.push(Box::new(source));
     }
 
     /// Counts a plugin file loaded, compiled now or taken from the artifact cache.
@@ -332,312 +228,17 @@ impl Metrics {
     }
 }
 
-/// controller-runtime's `result` label of an outcome.
-fn result_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Success => "success",
-        Outcome::SuccessRequeueAfter(_) => "requeue_after",
-        Outcome::RetryNow => "requeue",
-        Outcome::Failed | Outcome::FailedPermanent => "error",
-        // Never recorded: a deferred lease did not reconcile.
-        Outcome::Deferred => "deferred",
-    }
-}
-
-impl Collector for Sources {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut scrape = Scrape::default();
-        for source in self.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            source(&mut scrape);
-        }
-        scrape.plugins.sort_by(|a, b| a.name.cmp(&b.name));
-        scrape.stores.sort_by(|a, b| a.gvk().cmp(b.gvk()));
-        encode_plugins(&mut encoder, &scrape.plugins)?;
-        encode_queues(&mut encoder, &scrape.plugins)?;
-        encode_stores(&mut encoder, &scrape.stores)
-    }
-}
-
-fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::Result {
-    if !plugins.is_empty() {
-        let mut info = enc.encode_descriptor(
-            "rekon_plugin",
-            "The plugin version running.",
-            None,
-            MetricType::Info,
-        )?;
-        for p in plugins {
-            info.encode_info(&[
-                ("plugin", p.name.as_str()),
-                ("version", p.version.as_str()),
-                ("digest", p.digest.as_str()),
-            ])?;
-        }
-    }
-    let by_plugin = |pick: fn(&PluginState) -> u64| {
-        plugins
-            .iter()
-            .map(move |p| ([("plugin", p.name.as_str())], pick(p)))
-    };
-    gauges(
-        enc,
-        "active_workers",
-        "Reconciles running now.",
-        by_plugin(|p| p.queue.in_flight() as u64),
-    )?;
-    gauges(
-        enc,
-        "max_concurrent_reconciles",
-        "The plugin's concurrency limit.",
-        by_plugin(|p| p.queue.config().max_concurrent as u64),
-    )?;
-    counters(
-        enc,
-        "rekon_plugin_calls",
-        "Calls into the plugin (reconcile or finalize).",
-        plugins.iter().map(|p| {
-            (
-                [("plugin", p.name.as_str())],
-                Stats::get(&p.stats.reconciles),
-            )
-        }),
-    )?;
-    let faults: Vec<_> = plugins
-        .iter()
-        .flat_map(|p| {
-            p.stats
-                .faults()
-                .into_iter()
-                .map(move |(reason, n)| ([("plugin", p.name.as_str()), ("reason", reason)], n))
-        })
-        .collect();
-    counters(
-        enc,
-        "rekon_plugin_faults",
-        "Plugin calls without usable output, by reason.",
-        faults,
-    )?;
-    let per_plugin: [(&str, &str, StatsCounter); 7] = [
-        (
-            "rekon_apply_writes",
-            "Writes the API server accepted.",
-            |s| &s.writes,
-        ),
-        (
-            "rekon_apply_conflicts",
-            "Plugin outputs stopped by a 409 conflict.",
-            |s| &s.conflicts,
-        ),
-        (
-            "rekon_apply_errors",
-            "Plugin outputs stopped by another API error.",
-            |s| &s.apply_errors,
-        ),
-        (
-            "rekon_read_your_writes_waits",
-            "Waits for the cache to show the key's previous writes.",
-            |s| &s.ryw_waits,
-        ),
-        (
-            "rekon_read_your_writes_timeouts",
-            "Waits for the cache to show the key's previous writes that timed out.",
-            |s| &s.ryw_timeouts,
-        ),
-        ("rekon_resyncs", "Periodic resync passes.", |s| &s.resyncs),
-        (
-            "rekon_thrash_fights",
-            "Objects found rewritten back and forth with another writer (the primary is held).",
-            |s| &s.thrash_fights,
-        ),
-    ];
-    for (name, help, pick) in per_plugin {
-        counters(
-            enc,
-            name,
-            help,
-            plugins
-                .iter()
-                .map(|p| ([("plugin", p.name.as_str())], Stats::get(pick(&p.stats)))),
-        )?;
-    }
-    Ok(())
-}
-
-fn encode_queues(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::Result {
-    let by_name = |pick: fn(&Queue<ObjectKey>) -> u64| {
-        plugins
-            .iter()
-            .map(move |p| ([("name", p.name.as_str())], pick(&p.queue)))
-    };
-    gauges(
-        enc,
-        "workqueue_depth",
-        "Keys waiting to run now.",
-        by_name(|q| q.depth() as u64),
-    )?;
-    gauges(
-        enc,
-        "rekon_workqueue_delayed",
-        "Keys waiting for a requeue-after or backoff delay.",
-        by_name(|q| q.delayed() as u64),
-    )?;
-    counters(
-        enc,
-        "workqueue_adds",
-        "Adds not collapsed into a waiting key.",
-        by_name(Queue::adds_total),
-    )?;
-    counters(
-        enc,
-        "workqueue_retries",
-        "Runs requeued after a failure or a conflict.",
-        by_name(Queue::retries_total),
-    )?;
-    histograms(
-        enc,
-        "workqueue_queue_duration",
-        "Time from a key being due to it being leased.",
-        plugins
-            .iter()
-            .map(|p| ([("name", p.name.as_str())], p.queue.queue_duration())),
-    )?;
-    histograms(
-        enc,
-        "workqueue_work_duration",
-        "Time from a key being leased to its run ending.",
-        plugins
-            .iter()
-            .map(|p| ([("name", p.name.as_str())], p.queue.work_duration())),
-    )
-}
-
-fn encode_stores(enc: &mut DescriptorEncoder, stores: &[Arc<KindStore>]) -> fmt::Result {
-    let kinds: Vec<String> = stores.iter().map(|s| s.gvk().to_string()).collect();
-    let by_kind = |pick: fn(&KindStore) -> u64| {
-        stores
-            .iter()
-            .zip(&kinds)
-            .map(move |(s, kind)| ([("kind", kind.as_str())], pick(s)))
-    };
-    gauges(
-        enc,
-        "rekon_cache_objects",
-        "Objects in the kind's store.",
-        by_kind(|s| s.len() as u64),
-    )?;
-    gauges(
-        enc,
-        "rekon_cache_bytes",
-        "Estimated heap bytes of the kind's store.",
-        by_kind(|s| s.approx_bytes() as u64),
-    )?;
-    gauges(
-        enc,
-        "rekon_cache_synced",
-        "1 once the kind's first list completed.",
-        by_kind(|s| u64::from(s.is_synced())),
-    )?;
-    counters(
-        enc,
-        "rekon_cache_rejected",
-        "Objects from the watch that were not stored.",
-        by_kind(KindStore::rejected),
-    )?;
-    counters(
-        enc,
-        "rekon_watch_restarts",
-        "Watch failures, each restarted after backoff.",
-        by_kind(KindStore::watch_restarts),
-    )?;
-    counters(
-        enc,
-        "rekon_watch_relists",
-        "Complete lists after the first one.",
-        by_kind(KindStore::relists),
-    )
-}
-
-/// Encodes a counter family (`name` without `_total`; the encoder appends it). A family
-/// without rows is left out, as the registry's encoders do.
-fn counters<L: EncodeLabelSet>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, u64)>,
-) -> fmt::Result {
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in rows {
-        metric
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-    }
-    Ok(())
-}
-
-fn gauges<L: EncodeLabelSet>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, u64)>,
-) -> fmt::Result {
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let mut metric = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in rows {
-        metric.encode_family(&labels)?.encode_gauge(&value)?;
-    }
-    Ok(())
-}
-
-/// Encodes the queue's duration histograms (`name` without the `_seconds` unit).
-fn histograms<L: EncodeLabelSet>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, queue::Histogram)>,
-) -> fmt::Result {
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let unit = Unit::Seconds;
-    let mut metric = enc.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
-    for (labels, histogram) in rows {
-        let (sum, count, buckets) = classic_buckets(&histogram);
-        metric
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-    }
-    Ok(())
-}
-
-/// The sum in seconds, the count, and per-bucket (not cumulative) counts ending with the
-/// `+Inf` bucket, as the encoder takes them.
-fn classic_buckets(histogram: &queue::Histogram) -> (f64, u64, Vec<(f64, u64)>) {
-    let mut buckets = Vec::with_capacity(queue::Histogram::BOUNDS.len() + 1);
-    let mut below = 0;
-    for (bound, cumulative) in histogram.buckets() {
-        buckets.push((bound.as_secs_f64(), cumulative - below));
-        below = cumulative;
-    }
-    buckets.push((f64::INFINITY, histogram.count() - below));
-    (histogram.sum().as_secs_f64(), histogram.count(), buckets)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::GuestError;
-    use crate::controller::queue::Priority;
+    use crate::contract::{GuestError, ObjectKey};
+    use crate::controller::Stats;
+    use crate::controller::queue::{self, Outcome, Priority, Queue};
+    use crate::controller::store::KindStore;
     use crate::controller::store::testing::cm;
     use crate::plugin::Fault;
     use kube::runtime::watcher::Event;
+    use std::time::Duration;
 
     fn key(name: &str) -> ObjectKey {
         ObjectKey {
@@ -649,11 +250,28 @@ mod tests {
     fn plugin(name: &str, stats: &Arc<Stats>, queue: &Queue<ObjectKey>) -> PluginState {
         PluginState {
             name: name.into(),
-            version: "1.2.3".into(),
-            digest: "ab12".into(),
             stats: stats.clone(),
-            queue: queue.clone(),
+            running: Some(RunningState {
+                version: "1.2.3".into(),
+                digest: "ab12".into(),
+                queue: queue.clone(),
+            }),
         }
+    }
+
+    /// Metrics reading the counters of stopped plugins, by name.
+    fn reading(stats: &[(&str, &Arc<Stats>)]) -> Metrics {
+        let metrics = Metrics::new();
+        let plugins: Vec<PluginState> = stats
+            .iter()
+            .map(|(name, stats)| PluginState {
+                name: (*name).to_owned(),
+                stats: Arc::clone(stats),
+                running: None,
+            })
+            .collect();
+        metrics.add_source(move |scrape| scrape.plugins.extend(plugins.iter().cloned()));
+        metrics
     }
 
     fn openmetrics(metrics: &Metrics) -> String {
@@ -671,15 +289,17 @@ mod tests {
 
     #[test]
     fn a_reconcile_is_counted_by_result_and_timed() {
-        let metrics = Metrics::new();
+        let (web, pool) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
+        let metrics = reading(&[("web", &web), ("pool", &pool)]);
         let ms = Duration::from_millis;
-        metrics.reconciled("web", Outcome::Success, ms(3));
-        metrics.reconciled("web", Outcome::Success, ms(30));
-        metrics.reconciled("web", Outcome::SuccessRequeueAfter(ms(100)), ms(30));
-        metrics.reconciled("web", Outcome::RetryNow, ms(30));
-        metrics.reconciled("web", Outcome::Failed, ms(30));
-        metrics.reconciled("web", Outcome::FailedPermanent, ms(30));
-        metrics.reconciled("pool", Outcome::Failed, Duration::from_secs(90));
+        web.record_reconcile(Outcome::Success, ms(3));
+        web.record_reconcile(Outcome::Success, ms(30));
+        web.record_reconcile(Outcome::SuccessRequeueAfter(ms(100)), ms(30));
+        web.record_reconcile(Outcome::RetryNow, ms(30));
+        web.record_reconcile(Outcome::Failed, ms(30));
+        web.record_reconcile(Outcome::FailedPermanent, ms(30));
+        web.record_reconcile(Outcome::Deferred, ms(30)); // not a reconcile
+        pool.record_reconcile(Outcome::Failed, Duration::from_secs(90));
         let text = openmetrics(&metrics);
         for line in [
             r#"reconcile_total{plugin="web",result="success"} 2"#,
@@ -820,8 +440,9 @@ mod tests {
 
     #[test]
     fn the_prometheus_text_format_has_no_eof_and_no_unit_line() {
-        let metrics = Metrics::new();
-        metrics.reconciled("web", Outcome::Success, Duration::from_millis(1));
+        let web = Arc::new(Stats::default());
+        let metrics = reading(&[("web", &web)]);
+        web.record_reconcile(Outcome::Success, Duration::from_millis(1));
         let text = metrics.encode(Format::Prometheus).expect("encodes");
         assert_sample(&text, r#"reconcile_total{plugin="web",result="success"} 1"#);
         assert_sample(&text, "# TYPE reconcile_total counter");
