@@ -19,8 +19,8 @@
 
 use arbitrary::Arbitrary;
 use kube::core::DynamicObject;
-use rekon_host::apply::owner::{self, Scope};
-use rekon_host::apply::{Snapshot, check, status};
+use rekon_host::write::owner::{self, Scope};
+use rekon_host::write::{self, Snapshot, check, status};
 use rekon_host::contract::{
     Condition, ConditionStatus, Event, EventType, Gvk, Metadata, Mutation, Output, Target, kind_of,
     meta,
@@ -507,12 +507,14 @@ fn assert_target(t: &Target, declared: &Metadata, scope: Scope<'_>) {
 }
 
 /// What the applier does to each write of a checked output before sending it, without
-/// an API server: the steps of `Applier::apply` and `Applier::write` that depend only on
-/// the output, the primary and the snapshot (a namespaced kind assumed, as in most
-/// outputs), then the status merge.
+/// an API server: the real [`write::prepare`] of every write (a namespaced kind assumed,
+/// as in most outputs), with its preconditions asserted, then the status merge.
 ///
 /// # Panics
-/// When one of those steps does, on an output the check accepted.
+/// When `prepare` panics, or sets a precondition other than the one the plugin saw or
+/// named: a write other than a create must carry the resourceVersion the mutation names,
+/// else the snapshot's; a patch or delete of an object the snapshot holds also its uid; a
+/// create none.
 pub fn prepare_writes(out: &Output, primary: &Value) {
     let scope = Scope::of(primary);
     let snapshot = Snapshot::new([primary]);
@@ -520,67 +522,58 @@ pub fn prepare_writes(out: &Output, primary: &Value) {
     let primary_name = meta(primary, "name").unwrap_or_default();
     let mut plugin_status = None;
     for m in &out.mutations {
-        let (kind, ns, name) = match m {
-            Mutation::Apply(o)
-            | Mutation::Create(o)
-            | Mutation::Update(o)
-            | Mutation::UpdateStatus(o) => (
-                kind_of(o),
-                meta(o, "namespace")
-                    .or(scope.namespace())
-                    .map(str::to_owned),
-                meta(o, "name").unwrap_or_default().to_owned(),
-            ),
-            Mutation::MergePatch { target, .. } | Mutation::Delete(target) => (
-                target.gvk(),
-                target
-                    .namespace
-                    .clone()
-                    .or(scope.namespace().map(str::to_owned)),
-                target.name.clone(),
-            ),
+        if let Mutation::UpdateStatus(o) = m
+            && kind_of(o) == primary_kind
+            && meta(o, "name") == Some(primary_name)
+        {
+            plugin_status = Some(o);
+            continue;
+        }
+        let Ok(p) = write::prepare(m, true, scope, None, &snapshot) else {
+            continue;
         };
-        let _ = scope.admits(true, ns.as_deref());
-        let seen = snapshot.get(&kind, ns.as_deref(), &name);
-        let rv = seen
-            .map(|(rv, _)| rv.to_owned())
-            .unwrap_or_else(|| "1".into());
-        let uid = seen.map(|(_, uid)| uid.to_owned());
+        let seen = snapshot.get(&p.kind, p.namespace.as_deref(), &p.name);
+        let named = match m {
+            Mutation::MergePatch { target, .. } | Mutation::Delete(target) => {
+                target.resource_version.clone()
+            }
+            Mutation::Update(o) | Mutation::UpdateStatus(o) => {
+                meta(o, "resourceVersion").map(str::to_owned)
+            }
+            Mutation::Apply(_) | Mutation::Create(_) => None,
+        }
+        .filter(|rv| !rv.is_empty());
         match m {
-            Mutation::UpdateStatus(o)
-                if kind_of(o) == primary_kind && meta(o, "name") == Some(primary_name) =>
-            {
-                plugin_status = Some(o);
-                continue;
+            Mutation::Apply(_) | Mutation::Create(_) => {
+                assert_eq!(p.resource_version, None, "a create carries no resourceVersion");
+                let body = p.body.clone().unwrap_or_default();
+                assert!(body["metadata"].get("resourceVersion").is_none());
+                let _ = serde_json::from_value::<DynamicObject>(body);
             }
-            Mutation::Apply(o) => {
-                let mut desired = o.clone();
-                if let Some(ns) = &ns {
-                    desired["metadata"]["namespace"] = json!(ns);
+            _ => {
+                let expected =
+                    named.or_else(|| seen.map(|s| s.resource_version.clone()).filter(|rv| !rv.is_empty()));
+                assert!(expected.is_some(), "prepared without a precondition: {p:?}");
+                assert_eq!(p.resource_version, expected, "the precondition is the one seen or named");
+                if matches!(m, Mutation::MergePatch { .. } | Mutation::Delete(_))
+                    && let Some(s) = seen.filter(|s| !s.uid.is_empty())
+                {
+                    assert_eq!(p.uid.as_deref(), Some(s.uid.as_str()), "the uid seen");
                 }
-                owner::set_controller_ref(&mut desired, primary);
-                desired["metadata"]["resourceVersion"] = json!(rv);
-                let _ = serde_json::to_vec(&desired);
-            }
-            Mutation::Create(o) | Mutation::Update(o) | Mutation::UpdateStatus(o) => {
-                let mut o = o.clone();
-                if let Some(ns) = &ns {
-                    o["metadata"]["namespace"] = json!(ns);
+                if let Some(body) = &p.body {
+                    assert_eq!(
+                        body["metadata"]["resourceVersion"].as_str(),
+                        p.resource_version.as_deref(),
+                        "the body carries the precondition"
+                    );
+                    let _ = serde_json::to_vec(body);
                 }
-                o["metadata"]["resourceVersion"] = json!(rv);
-                let _ = serde_json::from_value::<DynamicObject>(o);
             }
-            Mutation::MergePatch { patch, .. } => {
-                let mut patch = patch.clone();
-                patch["metadata"]["resourceVersion"] = json!(rv);
-                if let Some(uid) = uid {
-                    patch["metadata"]["uid"] = json!(uid);
-                }
-                let _ = serde_json::to_vec(&patch);
-            }
-            Mutation::Delete(t) => {
-                let _ = t.to_string();
-            }
+        }
+        if let Mutation::Apply(o) = m {
+            let mut desired = o.clone();
+            owner::set_controller_ref(&mut desired, primary);
+            let _ = serde_json::to_vec(&desired);
         }
     }
     if out.prune

@@ -178,7 +178,7 @@ impl fmt::Display for Target {
 }
 
 /// One change a plugin asks for. Objects are JSON values as the plugin produced them
-/// (already parsed and checked by `apply::check`).
+/// (already parsed and checked by `write::check`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Mutation {

@@ -11,8 +11,9 @@
 //! - [`plugin`]: checking, compiling and caching a plugin component; load-time policy.
 //! - [`controller`]: shared watches and stores, key mapping, the work queue, resync, and
 //!   the reconcile loop per plugin.
-//! - [`apply`]: writing a plugin's output to the API server, conflict-safe (checks,
+//! - [`write`]: writing a plugin's output to the API server, conflict-safe (checks,
 //!   resourceVersion preconditions, owner references, status, events).
+//! - [`fence`]: whether this process may write now (the leader Lease).
 //! - [`rbac`]: the permissions the loaded plugins need.
 //! - [`operator`]: hot-reloaded plugin directory, per-plugin config, leader election.
 //! - [`metrics`] and [`serve`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
@@ -21,7 +22,6 @@
 
 #![warn(missing_docs)]
 
-pub mod apply;
 pub mod cli;
 pub mod contract;
 pub mod controller;
@@ -35,3 +35,4 @@ pub mod sandbox;
 pub mod selector;
 pub mod serve;
 pub mod testing;
+pub mod write;

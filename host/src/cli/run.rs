@@ -10,7 +10,6 @@
 //!    `--grace`), releases the Lease, exits 0. A leader that lost its Lease exits 1 so
 //!    that its restart starts clean.
 
-use crate::apply::events::Recorder;
 use crate::controller::{self, Host};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
@@ -20,6 +19,7 @@ use crate::operator::{self, Follow, PluginSet, Reporter};
 use crate::plugin::{Artifacts, Loader};
 use crate::sandbox::{self, Sandbox};
 use crate::serve::{self, Endpoints, Readiness};
+use crate::write::events::Recorder;
 use clap::Args;
 use serde_json::json;
 use std::net::SocketAddr;

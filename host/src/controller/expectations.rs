@@ -17,8 +17,8 @@
 //!   restarted by a hot reload keeps them.
 
 use super::store::{Expected, ExpectedState, Stores};
-use crate::apply::Written;
 use crate::contract::{Gvk, ObjectKey};
+use crate::write::Written;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

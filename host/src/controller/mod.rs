@@ -5,7 +5,7 @@
 //! - [`queue`]: per-plugin work queues: deduplicated, one lease per key, bounded
 //!   concurrency, backoff, live events before resync (invariants 1 and 2).
 //! - [`mapping`]: watched-object events → primary keys.
-//! - [`Reconciler`]: one plugin's loop, from key to applied output.
+//! - [`Controller`]: one plugin's loop, from key to applied output.
 //! - [`Stats`]: what each plugin's controller counts, in plain counters and histograms
 //!   (the [`crate::metrics`] read them at scrape time).
 //! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots.
@@ -27,13 +27,13 @@ pub use access::Missing;
 pub use config::Config;
 pub use histogram::Histogram;
 pub use options::PluginOptions;
-pub use reconciler::Reconciler;
+pub use reconciler::Controller;
 pub use stats::{Results, Stats};
 
-use crate::apply::Applier;
-use crate::apply::events::Recorder;
 use crate::kinds::Kinds;
 use crate::plugin::Loaded;
+use crate::write::Applier;
+use crate::write::events::Recorder;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,7 +117,7 @@ impl Error {
 }
 
 struct Running {
-    reconciler: Arc<Reconciler>,
+    reconciler: Arc<Controller>,
     tasks: JoinSet<()>,
 }
 
@@ -208,7 +208,7 @@ impl Host {
     }
 
     /// The running controllers, one per plugin, in no particular order.
-    pub fn controllers(&self) -> Vec<Arc<Reconciler>> {
+    pub fn controllers(&self) -> Vec<Arc<Controller>> {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -223,7 +223,7 @@ impl Host {
     /// # Errors
     /// [`Error::Store`] if a declared kind cannot be watched (e.g. its CRD is missing),
     /// [`Error::Duplicate`] if a plugin of that name runs already.
-    pub async fn start(&self, plugin: Loaded) -> Result<Arc<Reconciler>, Error> {
+    pub async fn start(&self, plugin: Loaded) -> Result<Arc<Controller>, Error> {
         self.start_with(plugin, PluginOptions::default()).await
     }
 
@@ -236,7 +236,7 @@ impl Host {
         &self,
         plugin: Loaded,
         options: PluginOptions,
-    ) -> Result<Arc<Reconciler>, Error> {
+    ) -> Result<Arc<Controller>, Error> {
         let prepared = self.prepare(plugin, options, None).await?;
         Ok(self.launch(prepared).await)
     }
@@ -326,7 +326,7 @@ impl Host {
     /// Starts a prepared controller. If it replaces a running plugin, that one stops
     /// first (its in-flight reconciles finish on the old version; the read-your-writes
     /// expectations and the thrash history carry over to the new one).
-    pub async fn launch(&self, prepared: Prepared) -> Arc<Reconciler> {
+    pub async fn launch(&self, prepared: Prepared) -> Arc<Controller> {
         let Prepared {
             plugin,
             options,
@@ -340,7 +340,7 @@ impl Host {
         }
         let name = plugin.name().to_owned();
         let primary_kind = plugin.metadata.primary.clone();
-        let reconciler = Arc::new(Reconciler::new(
+        let reconciler = Arc::new(Controller::new(
             plugin,
             primary,
             watched,
@@ -365,7 +365,7 @@ impl Host {
     }
 
     /// The running controller of a plugin.
-    pub fn get(&self, plugin: &str) -> Option<Arc<Reconciler>> {
+    pub fn get(&self, plugin: &str) -> Option<Arc<Controller>> {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -22,8 +22,6 @@ use super::queue::{Lease, Outcome, Priority, Queue};
 use super::store::{Change, KindStore, Stored, Stores};
 use super::thrash::{Fight, ThrashGuard};
 use super::{Config, PluginOptions, Stats};
-use crate::apply::events::Recorder;
-use crate::apply::{Applier, Context, Snapshot, Written};
 use crate::contract::{
     Entry, Event, EventType, GuestError, Gvk, KeyMapping, Mutation, ObjectKey, Output, Request,
     Target, meta,
@@ -31,6 +29,8 @@ use crate::contract::{
 use crate::plugin::{Fault, Loaded};
 use crate::sandbox::{CacheView, Clock};
 use crate::selector::Selector;
+use crate::write::events::Recorder;
+use crate::write::{Applier, Context, Snapshot, Written};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -59,7 +59,7 @@ pub(super) struct Memory {
 }
 
 /// A running plugin controller.
-pub struct Reconciler {
+pub struct Controller {
     plugin: RwLock<Loaded>,
     queue: Queue<ObjectKey>,
     stats: Arc<Stats>,
@@ -72,7 +72,7 @@ pub struct Reconciler {
     options: PluginOptions,
 }
 
-impl Reconciler {
+impl Controller {
     pub(super) fn new(
         plugin: Loaded,
         primary: Arc<KindStore>,
@@ -576,7 +576,7 @@ impl Reconciler {
                 tracing::debug!(error = %e, "conflict; reconciling again on fresh state");
                 Outcome::RetryNow
             }
-            Some(e @ crate::apply::Error::Fenced { .. }) => {
+            Some(e @ crate::write::Error::Fenced { .. }) => {
                 // Not the leader (any more): nothing was written, and nothing can be
                 // reported; the process is about to exit or stands by.
                 self.stats.count_write_error(e.metric_label());
@@ -619,7 +619,7 @@ impl Reconciler {
     /// object and the other writer.
     async fn report_fight(&self, plugin: &Loaded, primary: &Value, w: &Written, fight: &Fight) {
         self.stats.thrash_fights.fetch_add(1, Ordering::Relaxed);
-        let ours = crate::apply::field_manager(plugin.name());
+        let ours = crate::write::field_manager(plugin.name());
         let other = w.managers.iter().find(|m| **m != ours).map_or_else(
             || "another writer".to_owned(),
             |m| format!("field manager {m:?}"),

@@ -124,7 +124,7 @@ impl Stats {
     }
 
     /// Outputs stopped by an error other than a conflict, by reason label
-    /// ([`crate::apply::Error::metric_label`]: `not_owned`, `already_exists`, …).
+    /// ([`crate::write::Error::metric_label`]: `not_owned`, `already_exists`, …).
     pub fn write_errors(&self) -> BTreeMap<&'static str, u64> {
         self.write_errors
             .lock()

@@ -2,7 +2,7 @@
 //! are detected, and the plugin is slowed down.
 //!
 //! A write is *contested* when the plugin asked for exactly what it asked for last time
-//! (same [digest](crate::apply::Written::digest)) and yet the write changed the object (a
+//! (same [digest](crate::write::Written::digest)) and yet the write changed the object (a
 //! new resourceVersion): someone else must have changed those fields in between. Edits
 //! of fields the plugin does not own, and a plugin changing its mind, are not contested.
 //!
@@ -11,8 +11,8 @@
 //! fight after that (up to `max_hold`), and the caller records a Warning Event naming
 //! the object. A hold ends by itself; four quiet windows reset the doubling.
 
-use crate::apply::Written;
 use crate::contract::{Gvk, ObjectKey};
+use crate::write::Written;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

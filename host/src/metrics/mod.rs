@@ -23,8 +23,11 @@
 //! | `rekon_apply_writes_total` | `plugin` | writes the API server accepted |
 //! | `rekon_apply_conflicts_total` | `plugin` | outputs stopped by a 409 conflict |
 //! | `rekon_apply_errors_total` | `plugin` | outputs stopped by another API error |
+//! | `rekon_write_errors_total` | `plugin`, `reason` | outputs stopped by an error other than a conflict, by the error's bounded label (`not_owned`, `already_exists`, `fenced`, `timeout`, …) |
+//! | `rekon_finalizers_released_total` | `plugin` | finalizers a new version no longer declares, released without cleanup |
+//! | `rekon_finalizers_orphaned_total` | `plugin` | primaries being deleted left with a removed plugin's finalizer |
 //! | `rekon_read_your_writes_waits_total` | `plugin` | waits for the cache to show the key's previous writes |
-//! | `rekon_read_your_writes_timeouts_total` | `plugin` | such waits that timed out |
+//! | `rekon_read_your_writes_timeouts_total` | `plugin` | deadlines such waits passed (the key keeps waiting, `CacheLagging` Warning Event) |
 //! | `rekon_resyncs_total` | `plugin` | periodic resync passes |
 //! | `rekon_plugin_loads_total` | `result` | plugin files loaded (`compiled`, `cached`) or `refused` |
 //! | `rekon_plugin_refusals_total` | `reason` | refused plugin files, by the refusal's bounded label |

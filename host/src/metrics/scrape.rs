@@ -5,7 +5,7 @@
 use crate::contract::ObjectKey;
 use crate::controller::queue::Queue;
 use crate::controller::store::KindStore;
-use crate::controller::{Histogram, Host, Reconciler, Stats};
+use crate::controller::{Controller, Histogram, Host, Stats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -39,7 +39,7 @@ pub struct RunningState {
 
 impl RunningState {
     /// What a scrape reads from `controller`.
-    pub fn of(controller: &Reconciler) -> Self {
+    pub fn of(controller: &Controller) -> Self {
         let plugin = controller.plugin();
         Self {
             version: plugin.metadata.version.clone(),
@@ -62,7 +62,7 @@ impl Scrape {
     /// Adds what `host` runs: every plugin it has run, with its controller if running,
     /// and every store.
     pub fn add_host(&mut self, host: &Host) {
-        let mut running: HashMap<String, Arc<Reconciler>> = host
+        let mut running: HashMap<String, Arc<Controller>> = host
             .controllers()
             .into_iter()
             .map(|c| (c.plugin().name().to_owned(), c))
@@ -247,7 +247,22 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         "Plugin calls without usable output, by reason.",
         faults,
     )?;
-    let per_plugin: [(&str, &str, StatsCounter); 7] = [
+    let write_errors: Vec<_> = plugins
+        .iter()
+        .flat_map(|p| {
+            p.stats
+                .write_errors()
+                .into_iter()
+                .map(move |(reason, n)| ([("plugin", p.name.as_str()), ("reason", reason)], n))
+        })
+        .collect();
+    counters(
+        enc,
+        "rekon_write_errors",
+        "Plugin outputs stopped by an error other than a conflict, by reason (not_owned, already_exists, fenced, timeout, ...).",
+        write_errors,
+    )?;
+    let per_plugin: [(&str, &str, StatsCounter); 9] = [
         (
             "rekon_apply_writes",
             "Writes the API server accepted.",
@@ -270,7 +285,7 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         ),
         (
             "rekon_read_your_writes_timeouts",
-            "Waits for the cache to show the key's previous writes that timed out.",
+            "Deadlines passed waiting for the cache to show the key's previous writes (the key keeps waiting).",
             |s| &s.ryw_timeouts,
         ),
         ("rekon_resyncs", "Periodic resync passes.", |s| &s.resyncs),
@@ -278,6 +293,16 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
             "rekon_thrash_fights",
             "Objects found rewritten back and forth with another writer (the primary is held).",
             |s| &s.thrash_fights,
+        ),
+        (
+            "rekon_finalizers_released",
+            "Finalizers released without cleanup because the plugin no longer declares them.",
+            |s| &s.finalizers_released,
+        ),
+        (
+            "rekon_finalizers_orphaned",
+            "Primaries being deleted left with the finalizer of a removed plugin.",
+            |s| &s.finalizers_orphaned,
         ),
     ];
     for (name, help, pick) in per_plugin {

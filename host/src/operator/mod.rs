@@ -10,7 +10,7 @@ pub mod dir;
 pub mod leader;
 pub mod plugins;
 
-pub use plugins::{Change, PluginSet, Reporter};
+pub use plugins::{PluginSet, Reporter, Transition};
 
 use notify::Watcher;
 use std::future::Future;

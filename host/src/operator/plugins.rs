@@ -16,11 +16,11 @@
 
 use super::config::PluginConfig;
 use super::dir::{self, Files, Scan};
-use crate::apply::events::Recorder;
 use crate::contract::{Event, EventType, Metadata};
 use crate::controller::{Host, PluginOptions};
 use crate::metrics::Metrics;
 use crate::plugin::Loader;
+use crate::write::events::Recorder;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ pub struct Reporter {
 
 /// What happened to one plugin in a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub enum Transition {
     /// Started for the first time (or again after a failed start).
     Started {
         /// The plugin's name.
@@ -118,12 +118,6 @@ impl PluginSet {
         }
     }
 
-    /// How long a plugin that could not start waits before the next attempt.
-    pub fn with_retry(mut self, retry: Duration) -> Self {
-        self.retry = retry;
-        self
-    }
-
     /// The directory.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
@@ -146,7 +140,7 @@ impl PluginSet {
     ///
     /// # Errors
     /// The directory cannot be read (running plugins are left alone).
-    pub async fn sync(&mut self) -> std::io::Result<(Vec<Change>, bool)> {
+    pub async fn sync(&mut self) -> std::io::Result<(Vec<Transition>, bool)> {
         let current = dir::scan(&self.dir)?;
         let settled: BTreeMap<String, Files> = dir::settled(&self.previous, &current)
             .into_iter()
@@ -174,7 +168,7 @@ impl PluginSet {
             if let Some(a) = self.active.remove(&stem) {
                 tracing::info!(plugin = %a.plugin, file = %a.files.wasm.display(), "plugin file removed; stopping its controller");
                 self.host.remove(&a.plugin).await;
-                changes.push(Change::Stopped { plugin: a.plugin });
+                changes.push(Transition::Stopped { plugin: a.plugin });
             }
         }
         self.failed
@@ -190,7 +184,7 @@ impl PluginSet {
             {
                 continue;
             }
-            if let Some(change) = self.apply(&stem, files).await {
+            if let Some(change) = self.load_and_start(&stem, files).await {
                 changes.push(change);
             }
         }
@@ -198,7 +192,7 @@ impl PluginSet {
     }
 
     /// Loads `files` and starts or swaps the plugin. `None` when nothing changed.
-    async fn apply(&mut self, stem: &str, files: Files) -> Option<Change> {
+    async fn load_and_start(&mut self, stem: &str, files: Files) -> Option<Transition> {
         let config = match &files.config {
             Some((path, _)) => match PluginConfig::read(path) {
                 Ok(c) => c,
@@ -259,7 +253,7 @@ impl PluginSet {
         let change = match self.host.get(&plugin).filter(|_| in_place) {
             Some(running) => {
                 running.replace_plugin(loaded);
-                Change::Replaced {
+                Transition::Replaced {
                     plugin: plugin.clone(),
                     restarted: false,
                 }
@@ -291,19 +285,19 @@ impl PluginSet {
                 }
                 self.host.launch(prepared).await;
                 match old {
-                    Some(_) => Change::Replaced {
+                    Some(_) => Transition::Replaced {
                         plugin: plugin.clone(),
                         restarted: true,
                     },
-                    None => Change::Started {
+                    None => Transition::Started {
                         plugin: plugin.clone(),
                     },
                 }
             }
         };
         let (reason, how) = match &change {
-            Change::Started { .. } => ("PluginStarted", ""),
-            Change::Replaced {
+            Transition::Started { .. } => ("PluginStarted", ""),
+            Transition::Replaced {
                 restarted: true, ..
             } => ("PluginReplaced", ", controller restarted"),
             _ => ("PluginReplaced", ", in place"),
@@ -329,7 +323,7 @@ impl PluginSet {
         files: Files,
         reason: String,
         retry_at: Option<Instant>,
-    ) -> Change {
+    ) -> Transition {
         let kept = self.active.get(stem).map(|a| a.plugin.clone());
         tracing::error!(file = %files.wasm.display(), kept_running = ?kept, reason = %reason, "plugin refused");
         let note = match &kept {
@@ -340,7 +334,7 @@ impl PluginSet {
             .await;
         self.failed
             .insert(stem.to_owned(), Failed { files, retry_at });
-        Change::Refused {
+        Transition::Refused {
             file: stem.to_owned(),
             reason,
         }

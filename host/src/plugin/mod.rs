@@ -14,9 +14,9 @@ mod policy;
 pub use artifacts::{Artifacts, Origin};
 pub use policy::accepted_versions;
 
-use crate::apply::check;
 use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Output, Request};
 use crate::sandbox::{self, CacheView, Call, Clock, Limits, PluginPre, Sandbox, Scope};
+use crate::write::check;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

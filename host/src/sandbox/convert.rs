@@ -1,7 +1,7 @@
 //! Conversions between the generated bindings and `crate::contract`.
 //!
 //! Objects stay JSON text here ([`RawOutput`]); parsing and checking them against the
-//! plugin's declaration is `apply::check`'s job.
+//! plugin's declaration is `write::check`'s job.
 
 use super::bindings::types as wit;
 use crate::contract::{
@@ -26,7 +26,7 @@ pub enum RawMutation {
     UpdateStatus(String),
 }
 
-/// An output as the plugin returned it, before `apply::check`.
+/// An output as the plugin returned it, before `write::check`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawOutput {
     /// Mutations in order.

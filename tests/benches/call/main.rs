@@ -350,7 +350,7 @@ fn checks_alone(settings: &Settings, plugin: &Loaded, native_req: &wit::Request)
         prune: out.prune,
     };
     measure(settings, || {
-        let checked = rekon_host::apply::check::output(
+        let checked = rekon_host::write::check::output(
             raw.clone(),
             &plugin.metadata,
             &native_req.primary,

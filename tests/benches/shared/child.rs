@@ -596,7 +596,7 @@ async fn reconcile_native(app: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
         })
         .collect();
     let now = jiff_now();
-    if let Some(status) = rekon_host::apply::status::primary_status(
+    if let Some(status) = rekon_host::write::status::primary_status(
         &primary,
         plugin_status.as_ref(),
         &conditions,

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rekon_host::contract::ObjectKey;
-use rekon_host::controller::{Reconciler, queue};
+use rekon_host::controller::{Controller, queue};
 use rekon_host::metrics::Format;
 use rekon_tests::controlplane::wait_until;
 use serde_json::json;
@@ -178,7 +178,7 @@ fn key(ns: &str, name: &str) -> ObjectKey {
     }
 }
 
-fn failures_of(r: &Reconciler, ns: &str) -> BTreeMap<&'static str, u32> {
+fn failures_of(r: &Controller, ns: &str) -> BTreeMap<&'static str, u32> {
     FAILURES
         .iter()
         .map(|f| {

@@ -6,12 +6,12 @@ use crate::controller::{WAIT, plugin, setup};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use rekon_host::apply::events::Recorder;
 use rekon_host::contract::Gvk;
 use rekon_host::controller::{Host, PluginOptions};
-use rekon_host::operator::{Change, PluginSet, Reporter};
+use rekon_host::operator::{PluginSet, Reporter, Transition};
 use rekon_host::plugin::{Artifacts, Loader};
 use rekon_host::sandbox::{self, Sandbox};
+use rekon_host::write::events::Recorder;
 use rekon_tests::controlplane::wait_until;
 use rekon_tests::plugins;
 use serde_json::json;
@@ -30,7 +30,7 @@ fn publish(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 /// Runs passes of `set` until one reports changes.
-async fn next_changes(set: &mut PluginSet) -> Vec<Change> {
+async fn next_changes(set: &mut PluginSet) -> Vec<Transition> {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Ok((changes, _)) = set.sync().await
@@ -99,7 +99,7 @@ async fn a_swap_whose_new_controller_cannot_start_keeps_the_old_one_running() {
     publish(dir.path(), "stamp.wasm", &plugins::bytes("stamp-plugin"));
     assert_eq!(
         next_changes(&mut set).await,
-        [Change::Started {
+        [Transition::Started {
             plugin: "stamp".into()
         }]
     );
@@ -118,7 +118,7 @@ async fn a_swap_whose_new_controller_cannot_start_keeps_the_old_one_running() {
     );
     let refused = next_changes(&mut set).await;
     assert!(
-        matches!(&refused[..], [Change::Refused { reason, .. }] if reason.contains("Widget")),
+        matches!(&refused[..], [Transition::Refused { reason, .. }] if reason.contains("Widget")),
         "{refused:?}"
     );
     let running = host.get("stamp").expect("the old controller still runs");

@@ -7,12 +7,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
-use rekon_host::apply::events::Recorder;
 use rekon_host::controller::{self, Host};
 use rekon_host::metrics::Format;
-use rekon_host::operator::{self, Change, Follow, PluginSet, Reporter};
+use rekon_host::operator::{self, Follow, PluginSet, Reporter, Transition};
 use rekon_host::plugin::{Artifacts, Loader};
 use rekon_host::sandbox::{self, Sandbox};
+use rekon_host::write::events::Recorder;
 use rekon_tests::controlplane::{ControlPlane, wait_until};
 use rekon_tests::plugins;
 use rekon_tests::process::{MetricError, RekonProcess, RunOptions};
@@ -99,7 +99,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
         Some(reporter),
         metrics.clone(),
     );
-    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<Change>>();
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<Transition>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Drive passes by hand in a task: `follow` would too, but the test wants the changes.
     let driver = tokio::spawn(async move {
@@ -130,7 +130,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     publish(dir.path(), "stamp.wasm", &plugins::bytes("stamp-plugin"));
     assert_eq!(
         next_change().await,
-        vec![Change::Started {
+        vec![Transition::Started {
             plugin: "stamp".into()
         }]
     );
@@ -147,7 +147,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     );
     assert_eq!(
         next_change().await,
-        vec![Change::Replaced {
+        vec![Transition::Replaced {
             plugin: "stamp".into(),
             restarted: false
         }]
@@ -162,7 +162,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     );
     let refused = next_change().await;
     assert!(
-        matches!(&refused[..], [Change::Refused { file, reason }] if file == "stamp" && reason.contains("does not compile")),
+        matches!(&refused[..], [Transition::Refused { file, reason }] if file == "stamp" && reason.contains("does not compile")),
         "{refused:?}"
     );
     api.create(&PostParams::default(), &stamped("b"))
@@ -193,7 +193,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     std::fs::write(dir.path().join("stamp.yaml"), "resync: 1m\nreplicas: 2\n").unwrap();
     let refused = next_change().await;
     assert!(
-        matches!(&refused[..], [Change::Refused { reason, .. }] if reason.contains("stamp.yaml") && reason.contains("unknown field `replicas`")),
+        matches!(&refused[..], [Transition::Refused { reason, .. }] if reason.contains("stamp.yaml") && reason.contains("unknown field `replicas`")),
         "{refused:?}"
     );
     // Fixed config plus the good file: the controller restarts with the settings.
@@ -206,7 +206,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     let replaced = next_change().await;
     assert_eq!(
         replaced,
-        vec![Change::Replaced {
+        vec![Transition::Replaced {
             plugin: "stamp".into(),
             restarted: true
         }]
@@ -222,7 +222,7 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
     std::fs::remove_file(dir.path().join("stamp.wasm")).unwrap();
     assert_eq!(
         next_change().await,
-        vec![Change::Stopped {
+        vec![Transition::Stopped {
             plugin: "stamp".into()
         }]
     );
@@ -297,8 +297,11 @@ async fn follow_reports_settled_after_the_first_plugins_start() {
 // The `rekon run` binary.
 
 /// The lease timings `rekon run` gets in these tests.
-const LEASE_DURATION: Duration = Duration::from_secs(3);
-const RENEW_DEADLINE: Duration = Duration::from_secs(2);
+// A leader that cannot renew within the renew deadline stops writing and exits (fencing),
+// so the deadline must outlast the API server's slowest answers while the whole suite
+// loads two cores (a renew of 0.8 s was seen with a 2 s deadline).
+const LEASE_DURATION: Duration = Duration::from_secs(6);
+const RENEW_DEADLINE: Duration = Duration::from_secs(4);
 const RETRY: Duration = Duration::from_millis(500);
 /// Time for the few API round trips of a takeover on a loaded machine.
 const TAKEOVER_SLACK: Duration = Duration::from_secs(2);

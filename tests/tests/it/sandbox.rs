@@ -1,10 +1,10 @@
 //! The sandbox against real compiled plugins: isolation, limits, refusals, and the
 //! `rekon check` / `rekon test` commands. No API server needed.
 
-use rekon_host::apply::check;
 use rekon_host::contract::{Output, Request};
 use rekon_host::plugin::{self, Artifacts, Fault, Loaded, Loader};
 use rekon_host::sandbox::{self, Clock, NoCache, Sandbox};
+use rekon_host::write::check;
 use rekon_tests::{binary, plugins};
 use serde_json::json;
 use std::path::Path;

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rekon_host::contract::Gvk;
-use rekon_host::controller::{Host, PluginOptions, Reconciler};
+use rekon_host::controller::{Controller, Host, PluginOptions};
 use rekon_tests::controlplane::wait_until;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ pub(crate) async fn start_with(
     ns: &str,
     crate_name: &str,
     options: PluginOptions,
-) -> (Host, Arc<Reconciler>) {
+) -> (Host, Arc<Controller>) {
     crate::logs();
     let host = Host::new(client.clone(), crate::controller::config(ns));
     let running = host

@@ -291,11 +291,6 @@ impl<K: Key> Queue<K> {
         self.shared.work.notify_waiters();
     }
 
-    /// Whether [`shutdown`](Self::shutdown) was called.
-    pub fn is_shutdown(&self) -> bool {
-        self.shared.lock().is_shut_down()
-    }
-
     /// Resolves once no lease is in flight (at once if none is).
     ///
     /// # Caveats
@@ -378,11 +373,6 @@ impl<K: Key> Lease<K> {
     /// The leased key.
     pub fn key(&self) -> &K {
         &self.key
-    }
-
-    /// When the lease was handed out.
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// Ends the lease; `outcome` decides the key's follow-up.
