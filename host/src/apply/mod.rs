@@ -352,7 +352,10 @@ impl Prepared {
 /// The target of a mutation: kind, namespace as named, name.
 fn target_of(m: &Mutation) -> (Gvk, Option<String>, String) {
     match m {
-        Mutation::Apply(o) | Mutation::Create(o) | Mutation::Update(o) | Mutation::UpdateStatus(o) => (
+        Mutation::Apply(o)
+        | Mutation::Create(o)
+        | Mutation::Update(o)
+        | Mutation::UpdateStatus(o) => (
             kind_of(o),
             meta(o, "namespace").map(str::to_owned),
             meta(o, "name").unwrap_or_default().to_owned(),
@@ -422,7 +425,15 @@ pub fn prepare(
 ) -> Result<Prepared, Error> {
     let verb = m.verb();
     let (kind, named_ns, name) = target_of(m);
-    let namespace = place(verb, &kind, named_ns.as_deref(), &name, namespaced, scope, watched)?;
+    let namespace = place(
+        verb,
+        &kind,
+        named_ns.as_deref(),
+        &name,
+        namespaced,
+        scope,
+        watched,
+    )?;
     let seen = snapshot.get(&kind, namespace.as_deref(), &name);
     let explicit = match m {
         Mutation::MergePatch { target, .. } | Mutation::Delete(target) => {
@@ -454,9 +465,7 @@ pub fn prepare(
         // An apply is placed like a create; the applier sends it as server-side apply.
         Mutation::Apply(o) | Mutation::Create(o) => Some(body(o, None)),
         _ if resource_version.is_none() => return Err(Error::NoPrecondition { verb, what }),
-        Mutation::Update(o) | Mutation::UpdateStatus(o) => {
-            Some(body(o, resource_version.as_ref()))
-        }
+        Mutation::Update(o) | Mutation::UpdateStatus(o) => Some(body(o, resource_version.as_ref())),
         Mutation::MergePatch { patch, .. } => {
             let mut patch = patch.clone();
             patch["metadata"]["resourceVersion"] = json!(resource_version);
@@ -539,7 +548,11 @@ impl Applier {
                 obj["metadata"]["resourceVersion"] = json!(seen.resource_version);
             }
             match self
-                .send(&Mutation::UpdateStatus(obj), Scope::of(cx.primary), &snapshot)
+                .send(
+                    &Mutation::UpdateStatus(obj),
+                    Scope::of(cx.primary),
+                    &snapshot,
+                )
                 .await
             {
                 Ok(w) => report.written.push(w),
@@ -643,7 +656,11 @@ impl Applier {
                 (true, seen.map(|s| s.resource_version))
             }
             Consent::Unseen => {
-                match api.get_opt(&name).await.map_err(|e| Error::from_kube("apply", what.clone(), e))? {
+                match api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Error::from_kube("apply", what.clone(), e))?
+                {
                     None => (false, None),
                     Some(live) => {
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
@@ -697,7 +714,11 @@ impl Applier {
             .unwrap_or_else(|| "no controller".to_owned());
         Err(Error::NotOwned {
             what: what.to_owned(),
-            primary: describe(&kind_of(cx.primary), meta(cx.primary, "namespace"), meta(cx.primary, "name").unwrap_or_default()),
+            primary: describe(
+                &kind_of(cx.primary),
+                meta(cx.primary, "namespace"),
+                meta(cx.primary, "name").unwrap_or_default(),
+            ),
             holder,
         })
     }
@@ -730,7 +751,11 @@ impl Applier {
             Mutation::Apply(_) | Mutation::Create(_) => {
                 Some(api.create(&pp, &object(&p.body)?).await.map_err(fail)?)
             }
-            Mutation::Update(_) => Some(api.replace(&p.name, &pp, &object(&p.body)?).await.map_err(fail)?),
+            Mutation::Update(_) => Some(
+                api.replace(&p.name, &pp, &object(&p.body)?)
+                    .await
+                    .map_err(fail)?,
+            ),
             Mutation::UpdateStatus(_) => Some(
                 api.replace_status(&p.name, &pp, &object(&p.body)?)
                     .await
@@ -943,7 +968,10 @@ mod tests {
         let d = Gvk::new("apps", "v1", "Deployment");
         s.record(&deployment_written(Some("8")));
         let seen = s.get(&d, Some("a"), "w").unwrap();
-        assert_eq!((seen.resource_version.as_str(), seen.uid.as_str()), ("8", "u"));
+        assert_eq!(
+            (seen.resource_version.as_str(), seen.uid.as_str()),
+            ("8", "u")
+        );
         s.record(&deployment_written(None));
         assert_eq!(
             s.get(&d, Some("a"), "w").unwrap().resource_version,
@@ -957,7 +985,10 @@ mod tests {
         };
         s.record(&created);
         let seen = s.get(&d, Some("a"), "new").unwrap();
-        assert_eq!((seen.resource_version.as_str(), seen.uid.as_str()), ("9", "n1"));
+        assert_eq!(
+            (seen.resource_version.as_str(), seen.uid.as_str()),
+            ("9", "n1")
+        );
     }
 
     #[test]
@@ -987,8 +1018,17 @@ mod tests {
         assert_eq!(p.body.as_ref().unwrap()["metadata"]["resourceVersion"], "7");
         assert_eq!(p.body.as_ref().unwrap()["metadata"]["uid"], "u7");
         let d = prepare(&Mutation::Delete(target("c", None)), true, scope, None, &s).unwrap();
-        assert_eq!((d.resource_version.as_deref(), d.uid.as_deref()), (Some("7"), Some("u7")));
-        let explicit = prepare(&Mutation::Delete(target("c", Some("9"))), true, scope, None, &s);
+        assert_eq!(
+            (d.resource_version.as_deref(), d.uid.as_deref()),
+            (Some("7"), Some("u7"))
+        );
+        let explicit = prepare(
+            &Mutation::Delete(target("c", Some("9"))),
+            true,
+            scope,
+            None,
+            &s,
+        );
         assert_eq!(explicit.unwrap().resource_version.as_deref(), Some("9"));
         let update = Mutation::Update(cm("c", "", ""));
         let u = prepare(&update, true, scope, None, &s).unwrap();
@@ -1018,13 +1058,17 @@ mod tests {
 
     #[test]
     fn a_write_into_a_namespace_the_host_does_not_watch_is_refused() {
-        let primary = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}});
+        let primary =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}});
         let scope = Scope::of(&primary);
         let create = Mutation::Create(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c"}}));
         let e = prepare(&create, true, scope, Some("other"), &Snapshot::default()).unwrap_err();
         assert_eq!(e.metric_label(), "out_of_scope");
-        assert!(e.to_string().contains("watches namespace \"other\" only"), "{e}");
+        assert!(
+            e.to_string().contains("watches namespace \"other\" only"),
+            "{e}"
+        );
         assert!(prepare(&create, true, scope, Some("team"), &Snapshot::default()).is_ok());
         assert!(prepare(&create, true, scope, None, &Snapshot::default()).is_ok());
     }
@@ -1043,8 +1087,7 @@ mod tests {
     #[test]
     fn the_snapshot_finds_what_the_plugin_saw_by_kind_namespace_and_name() {
         let mut child = cm("w", "7", "u");
-        child["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": "v1", "kind": "X", "name": "p", "uid": "p1", "controller": true}]);
+        child["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "X", "name": "p", "uid": "p1", "controller": true}]);
         let s = Snapshot::new(&[child]);
         let k = Gvk::new("", "v1", "ConfigMap");
         let seen = s.get(&k, Some("a"), "w").unwrap();

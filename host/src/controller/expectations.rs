@@ -125,7 +125,11 @@ impl Expectations {
             .filter_map(|w| Expectation::of(w, stores))
             .collect();
         if !new.is_empty() {
-            self.lock().entry(key.clone()).or_default().writes.extend(new);
+            self.lock()
+                .entry(key.clone())
+                .or_default()
+                .writes
+                .extend(new);
         }
     }
 
@@ -272,23 +276,50 @@ mod tests {
         else {
             panic!("deferred");
         };
-        assert_eq!((until, start_waiter, first, overdue), (now + t, true, true, 0));
+        assert_eq!(
+            (until, start_waiter, first, overdue),
+            (now + t, true, true, 0)
+        );
         assert!(e.is_deferred(&key()));
         // The same controller asks again before the deadline: no second waiter.
         let again = e.check(&key(), &stores, 1, t, now + Duration::from_secs(1));
-        assert!(matches!(again, Check::Wait { start_waiter: false, first: false, overdue: 0, .. }));
+        assert!(matches!(
+            again,
+            Check::Wait {
+                start_waiter: false,
+                first: false,
+                overdue: 0,
+                ..
+            }
+        ));
         // A restarted controller (another instance) starts its own waiter.
         let restarted = e.check(&key(), &stores, 2, t, now + Duration::from_secs(2));
-        assert!(matches!(restarted, Check::Wait { start_waiter: true, .. }));
+        assert!(matches!(
+            restarted,
+            Check::Wait {
+                start_waiter: true,
+                ..
+            }
+        ));
         // Past the deadline: still not clear; a new period, reported.
         let late = e.check(&key(), &stores, 2, t, now + t);
         assert!(
-            matches!(late, Check::Wait { overdue: 1, start_waiter: true, .. }),
+            matches!(
+                late,
+                Check::Wait {
+                    overdue: 1,
+                    start_waiter: true,
+                    ..
+                }
+            ),
             "{late:?}"
         );
         // The store shows the write: clear, and no longer deferred.
         store.record_event(kube::runtime::watcher::Event::Apply(
-            crate::controller::store::testing::cm("child").ns("a").rv(5).build(),
+            crate::controller::store::testing::cm("child")
+                .ns("a")
+                .rv(5)
+                .build(),
         ));
         assert_eq!(e.check(&key(), &stores, 2, t, now + t), Check::Clear);
         assert!(!e.is_deferred(&key()));
@@ -298,7 +329,11 @@ mod tests {
     async fn a_delete_is_expected_until_its_uid_leaves_the_store() {
         let (stores, store) = Stores::with_test_store();
         store.record_event(kube::runtime::watcher::Event::Apply(
-            crate::controller::store::testing::cm("old").ns("a").rv(3).uid("u-old").build(),
+            crate::controller::store::testing::cm("old")
+                .ns("a")
+                .rv(3)
+                .uid("u-old")
+                .build(),
         ));
         let e = Expectations::default();
         let w = Written {
@@ -315,9 +350,16 @@ mod tests {
         e.record(&key(), &[w], &stores);
         let t = Duration::from_secs(10);
         let now = Instant::now();
-        assert!(matches!(e.check(&key(), &stores, 1, t, now), Check::Wait { .. }));
+        assert!(matches!(
+            e.check(&key(), &stores, 1, t, now),
+            Check::Wait { .. }
+        ));
         store.record_event(kube::runtime::watcher::Event::Delete(
-            crate::controller::store::testing::cm("old").ns("a").rv(4).uid("u-old").build(),
+            crate::controller::store::testing::cm("old")
+                .ns("a")
+                .rv(4)
+                .uid("u-old")
+                .build(),
         ));
         assert_eq!(e.check(&key(), &stores, 1, t, now), Check::Clear);
     }

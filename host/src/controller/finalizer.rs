@@ -73,7 +73,10 @@ mod tests {
             Step::Add(vec!["other".into(), "x".into()])
         );
         let ours = json!({"metadata": {"finalizers": ["other", "x"]}});
-        assert_eq!(step(Some("x"), &ours, false), Step::Call { finalize: false });
+        assert_eq!(
+            step(Some("x"), &ours, false),
+            Step::Call { finalize: false }
+        );
         assert_eq!(step(Some("x"), &ours, true), Step::Call { finalize: true });
         assert_eq!(step(Some("x"), &fresh, true), Step::Skip);
         assert_eq!(step(None, &fresh, true), Step::Skip);

@@ -19,7 +19,7 @@ use super::expectations::{Check, Expectations};
 use super::finalizer::{self, Step};
 use super::mapping;
 use super::queue::{Lease, Outcome, Priority, Queue};
-use super::store::{Change, KindStore, Stores, Stored};
+use super::store::{Change, KindStore, Stored, Stores};
 use super::thrash::{Fight, ThrashGuard};
 use super::{Config, PluginOptions, Stats};
 use crate::apply::events::Recorder;
@@ -316,13 +316,10 @@ impl Reconciler {
     async fn defer_until_writes_shown(self: &Arc<Self>, key: &ObjectKey) -> bool {
         let now = tokio::time::Instant::now();
         let timeout = self.host.config.read_your_writes_timeout;
-        let check = self.memory.expectations.check(
-            key,
-            &self.host.stores,
-            self.instance,
-            timeout,
-            now,
-        );
+        let check =
+            self.memory
+                .expectations
+                .check(key, &self.host.stores, self.instance, timeout, now);
         let Check::Wait {
             until,
             start_waiter,
@@ -391,8 +388,7 @@ impl Reconciler {
         };
         let primary = stored.to_value();
         let finalizer = plugin.metadata.finalizer.clone();
-        let finalize = match finalizer::step(finalizer.as_deref(), &primary, stored.is_deleting())
-        {
+        let finalize = match finalizer::step(finalizer.as_deref(), &primary, stored.is_deleting()) {
             Step::Skip => return Outcome::Success,
             Step::Add(list) => return self.patch_finalizers(plugin, key, &primary, list).await,
             Step::Call { finalize } => finalize,

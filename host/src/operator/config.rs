@@ -140,7 +140,10 @@ impl PluginConfig {
 
     /// The kinds listed under `adopt` (checked by [`parse`](Self::parse)).
     pub fn adopt_kinds(&self) -> Vec<Gvk> {
-        self.adopt.iter().filter_map(|k| parse_kind(k).ok()).collect()
+        self.adopt
+            .iter()
+            .filter_map(|k| parse_kind(k).ok())
+            .collect()
     }
 
     /// The settings as the JSON text handed to the plugin (`{}` when absent).
@@ -335,5 +338,4 @@ mod tests {
         let e = PluginConfig::parse("adopt: [Service]\n").unwrap_err();
         assert!(e.contains("adopt:") && e.contains("\"Service\""), "{e}");
     }
-
 }

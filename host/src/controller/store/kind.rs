@@ -787,7 +787,10 @@ mod tests {
         store.record_event(Event::InitApply(cm("b").ns("n").rv(20).build()));
         // `a` was written at 15 meanwhile, but the list is not whole yet.
         assert!(!store.seen(Some("n"), "a", "15"));
-        assert!(!store.seen(Some("n"), "b", "20"), "listed objects wait for InitDone");
+        assert!(
+            !store.seen(Some("n"), "b", "20"),
+            "listed objects wait for InitDone"
+        );
         store.record_event(Event::InitApply(cm("a").ns("n").rv(15).build()));
         store.record_event(Event::InitDone);
         assert!(store.seen(Some("n"), "a", "15"));
@@ -807,7 +810,11 @@ mod tests {
         let seen = || names(&store.list(None, &Selector::default()));
         assert_eq!(seen(), ["n/a", "n/b"]);
         store.record_event(Event::InitApply(cm("c").ns("n").rv(9).build()));
-        assert_eq!(seen(), ["n/a", "n/b"], "never {{a, b, c}}: a state that never existed");
+        assert_eq!(
+            seen(),
+            ["n/a", "n/b"],
+            "never {{a, b, c}}: a state that never existed"
+        );
         assert!(store.get(Some("n"), "c").is_none());
         store.record_event(Event::InitDone);
         assert_eq!(seen(), ["n/c"]);
@@ -825,9 +832,13 @@ mod tests {
     #[test]
     fn an_update_reports_the_state_it_replaced() {
         let store = store();
-        store.record_event(Event::Apply(cm("a").ns("n").rv(1).label("pool", "a").build()));
+        store.record_event(Event::Apply(
+            cm("a").ns("n").rv(1).label("pool", "a").build(),
+        ));
         let mut rx = store.subscribe();
-        store.record_event(Event::Apply(cm("a").ns("n").rv(2).label("pool", "b").build()));
+        store.record_event(Event::Apply(
+            cm("a").ns("n").rv(2).label("pool", "b").build(),
+        ));
         let Ok(Change::Upserted { object, previous }) = rx.try_recv() else {
             panic!("an upsert");
         };
