@@ -12,6 +12,7 @@ mod proxy;
 mod sandbox;
 mod scaffold;
 mod smoke;
+mod stale_view;
 mod thrash;
 mod write_safety;
 

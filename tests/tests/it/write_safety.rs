@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use rekon_host::controller::{self, Host, PluginOptions, Reconciler};
 use rekon_host::contract::Gvk;
+use rekon_host::controller::{self, Host, PluginOptions, Reconciler};
 use rekon_tests::controlplane::wait_until;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ pub(crate) async fn start_with(
 }
 
 /// The Warning Events with `reason` regarding the object named `name`.
-async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
+pub(crate) async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
     events
         .list(&ListParams::default())
         .await
@@ -92,7 +92,10 @@ async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_own
     .unwrap();
     let events: Api<Event> = ns.api();
     let warning = wait_until("a NotOwned warning on the WebApp", WAIT, || async {
-        warnings(&events, "NotOwned", "shop").await.into_iter().next()
+        warnings(&events, "NotOwned", "shop")
+            .await
+            .into_iter()
+            .next()
     })
     .await
     .unwrap();
@@ -108,18 +111,26 @@ async fn a_users_service_survives_a_webapp_of_the_same_name_which_gets_a_not_own
         running.stats().write_errors()
     );
     let after = services.get("shop").await.unwrap();
-    assert_eq!(shape(&after), shape(&before), "the user's Service is untouched");
+    assert_eq!(
+        shape(&after),
+        shape(&before),
+        "the user's Service is untouched"
+    );
 
     // Deleting the WebApp does not take the user's Service with it.
     apps.delete("shop", &DeleteParams::default()).await.unwrap();
-    wait_until("the garbage collector removes the Deployment", WAIT, || async {
-        deployments
-            .get_opt("shop")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
+    wait_until(
+        "the garbage collector removes the Deployment",
+        WAIT,
+        || async {
+            deployments
+                .get_opt("shop")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     let survived = services.get("shop").await.expect("the Service survives");
@@ -164,7 +175,7 @@ async fn adoption_is_opt_in_per_kind_and_takes_the_object_over() {
     assert_eq!(running.stats().write_errors().get("not_owned"), None);
 }
 
-fn replicas_primary(name: &str, mode: &str, data: serde_json::Value) -> ConfigMap {
+pub(crate) fn replicas_primary(name: &str, mode: &str, data: serde_json::Value) -> ConfigMap {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"rekon.dev/replicas": mode}},
         "data": data,
@@ -182,7 +193,13 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
     )
     .await
     .unwrap();
-    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    let (_host, running) = start_with(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     cms.create(
         &PostParams::default(),
         &replicas_primary("creator", "create-existing", json!({"target": "taken"})),
@@ -201,7 +218,12 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
     assert!(calls <= 15, "{calls} reconciles in 10 s");
     assert!(calls >= 3, "it keeps retrying with backoff: {calls}");
     assert!(
-        running.stats().write_errors().get("already_exists").copied() >= Some(3),
+        running
+            .stats()
+            .write_errors()
+            .get("already_exists")
+            .copied()
+            >= Some(3),
         "{:?}",
         running.stats().write_errors()
     );
@@ -209,7 +231,7 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
 }
 
 /// The children of the `replicas` primary `owner` in the API server (not the cache).
-async fn children(cms: &Api<ConfigMap>, owner_uid: &str) -> Vec<String> {
+pub(crate) async fn children(cms: &Api<ConfigMap>, owner_uid: &str) -> Vec<String> {
     cms.list(&ListParams::default())
         .await
         .expect("list")
@@ -263,7 +285,13 @@ pub(crate) async fn scale(
 async fn several_generate_name_creates_in_one_output_are_all_written_and_scaling_never_duplicates()
 {
     let (client, ns) = setup("generate").await;
-    let (_host, running) = start_with(&client, ns.name(), "replicas-plugin", PluginOptions::default()).await;
+    let (_host, running) = start_with(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     let cms: Api<ConfigMap> = ns.api();
     let rs = cms
         .create(
@@ -305,9 +333,11 @@ async fn several_generate_name_creates_in_one_output_are_all_written_and_scaling
 async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
     let (client, ns) = setup("relabel").await;
     install_crds(&client, "plugins/nodepool/crd.yaml").await;
-    let (_host, running) = start_with(&client, ns.name(), "nodepool", PluginOptions::default()).await;
+    let (_host, running) =
+        start_with(&client, ns.name(), "nodepool", PluginOptions::default()).await;
     let pools = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodePool");
-    let reports = crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodeReport");
+    let reports =
+        crate::controller::dynamic(&client, ns.name(), "rekon.dev", "v1alpha1", "NodeReport");
     for pool in ["a", "b"] {
         pools
             .create(
@@ -355,9 +385,11 @@ async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
         .await
         .unwrap();
     // The plugin's resync is minutes away: only mapping the old labels finds pool a.
-    wait_until("both pools follow the move", Duration::from_secs(20), || async {
-        (total("a").await == Some(0) && total("b").await == Some(1)).then_some(())
-    })
+    wait_until(
+        "both pools follow the move",
+        Duration::from_secs(20),
+        || async { (total("a").await == Some(0) && total("b").await == Some(1)).then_some(()) },
+    )
     .await
     .unwrap();
 }
