@@ -13,6 +13,7 @@ mod sandbox;
 mod scaffold;
 mod smoke;
 mod stale_view;
+mod sweep;
 mod thrash;
 mod write_safety;
 
