@@ -390,11 +390,7 @@ async fn resync_reconciles_every_primary_again_and_an_orphaned_child_is_not_take
     .unwrap();
     // (Not idle: the WebApp's reconcile keeps failing with NotOwned, backing off.)
     let d = deployments.get("web").await.unwrap();
-    assert_eq!(
-        d.spec.replicas,
-        Some(7),
-        "the orphan's spec is left alone"
-    );
+    assert_eq!(d.spec.replicas, Some(7), "the orphan's spec is left alone");
     assert!(d.metadata.owner_references.unwrap_or_default().is_empty());
     assert!(
         stats.write_errors().get("not_owned").copied() >= Some(1),

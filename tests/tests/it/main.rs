@@ -14,6 +14,8 @@ mod proxy;
 mod sandbox;
 mod scaffold;
 mod smoke;
+mod stale_view;
+mod sweep;
 mod thrash;
 mod write_safety;
 

@@ -33,7 +33,7 @@ pub(crate) async fn start_with(
 }
 
 /// The Warning Events with `reason` regarding the object named `name`.
-async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
+pub(crate) async fn warnings(events: &Api<Event>, reason: &str, name: &str) -> Vec<Event> {
     events
         .list(&ListParams::default())
         .await
@@ -189,7 +189,7 @@ async fn adoption_is_opt_in_per_kind_and_takes_the_object_over() {
     assert_eq!(running.stats().write_errors().get("not_owned"), None);
 }
 
-fn replicas_primary(name: &str, mode: &str, data: serde_json::Value) -> ConfigMap {
+pub(crate) fn replicas_primary(name: &str, mode: &str, data: serde_json::Value) -> ConfigMap {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"rekon.dev/replicas": mode}},
         "data": data,
@@ -245,7 +245,7 @@ async fn a_plugin_that_always_creates_an_existing_object_backs_off() {
 }
 
 /// The children of the `replicas` primary `owner` in the API server (not the cache).
-async fn children(cms: &Api<ConfigMap>, owner_uid: &str) -> Vec<String> {
+pub(crate) async fn children(cms: &Api<ConfigMap>, owner_uid: &str) -> Vec<String> {
     cms.list(&ListParams::default())
         .await
         .expect("list")

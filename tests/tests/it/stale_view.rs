@@ -1,0 +1,295 @@
+//! Stale views on the real API server (issue 13, "Stale-view runs"; issue 18 item 3): the
+//! host reaches the API server through the fault proxy, whose watch events of one kind
+//! are delayed or held, while the test reads the API server directly, sampling every
+//! 100 ms. The host must never decide on a view older than its own writes: no duplicate
+//! creates, no repeated deletes, no reconcile before the cache shows the key's writes.
+
+use crate::controller::{WAIT, count, idle, install_crds, plugin, setup, webapp, webapps};
+use crate::write_safety::{children, replicas_primary, scale, warnings};
+use http::Method;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use rekon_host::controller::{self, Controller, Host, PluginOptions};
+use rekon_tests::controlplane::wait_until;
+use rekon_tests::proxy::{Action, FaultProxy, Rule};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A proxy in front of the API server and a host running `crate_name` through it, scoped
+/// to `ns`, with this read-your-writes deadline (and resync period, if set).
+async fn start_through_proxy(
+    client: &kube::Client,
+    ns: &str,
+    crate_name: &str,
+    read_your_writes_timeout: Duration,
+    resync: Option<Duration>,
+) -> (FaultProxy, Host, Arc<Controller>) {
+    crate::logs();
+    let proxy = FaultProxy::start(client.clone())
+        .await
+        .expect("the proxy starts");
+    let config = controller::Config {
+        read_your_writes_timeout,
+        resync_override: resync,
+        ..crate::controller::config(ns)
+    };
+    let host = Host::new(proxy.client().expect("a client for the proxy"), config);
+    let running = host
+        .start_with(plugin(crate_name), PluginOptions::default())
+        .await
+        .expect("plugin starts");
+    (proxy, host, running)
+}
+
+/// The default read-your-writes deadline (the one a 12 s delay must pass).
+const RYW: Duration = Duration::from_secs(10);
+
+/// Delays the host's ConfigMap watch events by `delay`.
+fn delay_config_maps(proxy: &FaultProxy, delay: Duration) {
+    proxy.add(
+        Rule::new(Action::DelayEvents(delay))
+            .path("/configmaps")
+            .watches(),
+    );
+}
+
+/// Creates the `replicas` primary `rs` with `size` and waits (reading the API server)
+/// until it has that many children and the controller is idle; returns its uid.
+async fn replica_set(cms: &Api<ConfigMap>, running: &Controller, size: usize) -> String {
+    let rs = cms
+        .create(
+            &PostParams::default(),
+            &replicas_primary("rs", "generate", json!({"size": size.to_string()})),
+        )
+        .await
+        .unwrap();
+    let uid = rs.metadata.uid.unwrap();
+    wait_until("the first children", WAIT, || async {
+        (children(cms, &uid).await.len() == size).then_some(())
+    })
+    .await
+    .unwrap();
+    idle(running).await;
+    uid
+}
+
+#[tokio::test]
+async fn scaling_generate_name_children_under_a_2s_watch_delay_takes_one_delay_not_one_per_object()
+{
+    let (client, ns) = setup("stale-scale").await;
+    let (proxy, _host, running) =
+        start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, None).await;
+    let delay = Duration::from_secs(2);
+    delay_config_maps(&proxy, delay);
+    let cms: Api<ConfigMap> = ns.api();
+    let uid = replica_set(&cms, &running, 3).await;
+
+    // The scale itself reaches the host one delay late (the primary is a ConfigMap too);
+    // then one reconcile writes the five creates. One delay per object would be 5 × 2 s
+    // = 10 s; the margin (4 s) is half of that excess, room for a loaded 2-core machine
+    // (a reconcile with five creates takes well under a second there) that still tells
+    // the two apart.
+    let limit = delay + Duration::from_secs(4);
+    let (most, took) = scale(&cms, &uid, 3, 8, Duration::from_secs(30)).await;
+    println!("generateName scaling 3 → 8 under a {delay:?} watch delay: {took:?}");
+    assert!(most <= 8, "{most} children at once (a duplicate create)");
+    assert!(took <= limit, "3 → 8 took {took:?}, more than {limit:?}");
+    idle(&running).await;
+    assert_eq!(children(&cms, &uid).await.len(), 8);
+    assert_eq!(
+        count(&running.stats().apply_errors),
+        0,
+        "{:?}",
+        running.stats().write_errors()
+    );
+}
+
+#[tokio::test]
+async fn under_a_12s_watch_delay_no_duplicate_child_is_ever_created() {
+    let (client, ns) = setup("stale-12s").await;
+    // All ConfigMap events come in order, so a key's own echoes arrive before the next
+    // change of its primary: nothing would look at the key while its writes are unseen,
+    // and no deadline could pass. A resync every half second does look (as a resync or
+    // any other watched kind's event would in production), within a second of each
+    // write, so the 12 s wait passes the 10 s deadline: the case where deciding on the
+    // stale view creates duplicates.
+    let resync = Duration::from_millis(500);
+    let (proxy, _host, running) =
+        start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, Some(resync)).await;
+    let delay = Duration::from_secs(12);
+    assert!(
+        delay > RYW,
+        "the delay passes the read-your-writes deadline"
+    );
+    delay_config_maps(&proxy, delay);
+    let cms: Api<ConfigMap> = ns.api();
+    let uid = replica_set(&cms, &running, 3).await;
+
+    let mut from = 3;
+    let mut steps = Vec::new();
+    for size in [8, 2, 5] {
+        let (most, took) = scale(&cms, &uid, from, size, WAIT).await;
+        assert!(
+            most <= from.max(size),
+            "scaling {from} → {size}: {most} children at once (a duplicate create)"
+        );
+        steps.push(format!("{from}->{size}: {took:?}"));
+        from = size;
+    }
+    // Settled: whatever the lagging cache shows later must not add or remove a child.
+    // Sample across one more delay period, then until the controller is idle.
+    let settle = Instant::now();
+    while settle.elapsed() < delay + Duration::from_secs(1) {
+        let n = children(&cms, &uid).await.len();
+        assert_eq!(
+            n, 5,
+            "after settling at 5 the API server holds {n} children"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    idle(&running).await;
+    assert_eq!(children(&cms, &uid).await.len(), 5);
+    println!("generateName scaling under a {delay:?} watch delay: {steps:?}");
+
+    let stats = running.stats();
+    let timeouts = count(&stats.ryw_timeouts);
+    let events: Api<Event> = ns.api();
+    let lagging = warnings(&events, "CacheLagging", "rs").await;
+    println!(
+        "ryw_waits {}, ryw_timeouts {timeouts}, CacheLagging events {}",
+        count(&stats.ryw_waits),
+        lagging.len()
+    );
+    assert!(
+        timeouts > 0,
+        "the wait passed the deadline and was reported"
+    );
+    assert!(
+        !lagging.is_empty(),
+        "a CacheLagging Warning Event on the primary"
+    );
+    assert_eq!(lagging[0].type_.as_deref(), Some("Warning"));
+}
+
+#[tokio::test]
+async fn deletes_under_a_watch_delay_are_not_repeated() {
+    let (client, ns) = setup("stale-delete").await;
+    let (proxy, _host, running) =
+        start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, None).await;
+    let cms: Api<ConfigMap> = ns.api();
+    // Eight children made without a delay; the requests before it do not count.
+    let uid = replica_set(&cms, &running, 8).await;
+    let delay = Duration::from_secs(2);
+    delay_config_maps(&proxy, delay);
+    let before = proxy.requests().len();
+
+    let (_, down) = scale(&cms, &uid, 8, 2, WAIT).await;
+    let (most, up) = scale(&cms, &uid, 2, 7, WAIT).await;
+    assert!(most <= 7, "{most} children at once scaling 2 → 7");
+    // Let every delayed echo arrive and every reconcile they cause finish.
+    tokio::time::sleep(delay + Duration::from_secs(1)).await;
+    idle(&running).await;
+    assert_eq!(children(&cms, &uid).await.len(), 7, "exactly 7 in the end");
+    println!("under a {delay:?} watch delay: 8 → 2 in {down:?}, 2 → 7 in {up:?}");
+
+    let deletes: Vec<_> = proxy.requests()[before..]
+        .iter()
+        .filter(|s| s.method == Method::DELETE && s.path.contains("/configmaps/"))
+        .cloned()
+        .collect();
+    let not_found = deletes.iter().filter(|s| s.status == Some(404)).count();
+    assert_eq!(not_found, 0, "DELETEs answered 404: {deletes:#?}");
+    assert_eq!(
+        deletes.len(),
+        6,
+        "one DELETE per child removed (8 → 2): {deletes:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
+    let (client, ns) = setup("stale-ryw").await;
+    install_crds(&client, "plugins/webapp/crd.yaml").await;
+    // A short deadline, so that the hold below also passes it: past the deadline the
+    // key must still wait (and the lag be reported), not be decided on the stale view.
+    let deadline = Duration::from_secs(2);
+    let (proxy, _host, running) =
+        start_through_proxy(&client, ns.name(), "webapp", deadline, None).await;
+    // The WebApp's own events pass; its Deployment's are held, so the store never shows
+    // the Deployment the first reconcile writes.
+    let hold = proxy.add(Rule::new(Action::HoldEvents).path("/deployments").watches());
+    let stats = running.stats();
+    assert_eq!(count(&stats.ryw_waits), 0);
+
+    let apps = webapps(&client, ns.name());
+    apps.create(&PostParams::default(), &webapp("web", 2))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = ns.api();
+    let replicas = |d: Deployment| d.spec.replicas;
+    wait_until(
+        "the first reconcile writes the Deployment",
+        WAIT,
+        || async { deployments.get_opt("web").await.ok().flatten() },
+    )
+    .await
+    .unwrap();
+    // Let the first reconcile finish (its status write and its echo included).
+    wait_until("the first reconcile ends", WAIT, || async {
+        (count(&stats.reconciles) >= 1 && running.queue().in_flight() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let reconciles = count(&stats.reconciles);
+
+    // The primary changes: the host sees that at once (WebApp events are not held), but
+    // the key's own Deployment write is not in the cache yet.
+    apps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    // Hold for three deadlines.
+    let held = Instant::now();
+    while held.elapsed() < deadline * 3 {
+        assert_eq!(
+            count(&stats.reconciles),
+            reconciles,
+            "the plugin was called again before the cache showed the key's own Deployment"
+        );
+        let d = deployments.get("web").await.unwrap();
+        assert_eq!(replicas(d), Some(2), "no write decided on the stale view");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        count(&stats.ryw_waits) >= 1,
+        "the wait is counted as a deferral"
+    );
+    assert!(
+        count(&stats.ryw_timeouts) >= 1,
+        "past the deadline the lag is reported"
+    );
+    println!(
+        "held {:?}: reconciles {reconciles}, ryw_waits {}, ryw_timeouts {}",
+        held.elapsed(),
+        count(&stats.ryw_waits),
+        count(&stats.ryw_timeouts)
+    );
+
+    // Released: the cache catches up and the change is reconciled.
+    assert!(proxy.remove(hold));
+    let released = Instant::now();
+    wait_until("the Deployment follows the change", WAIT, || async {
+        let d = deployments.get("web").await.ok()?;
+        (replicas(d) == Some(3)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(count(&stats.reconciles) > reconciles);
+    println!("reconciled {:?} after the release", released.elapsed());
+}

@@ -1,0 +1,766 @@
+//! A Sieve-style fault sweep over the example plugins (issue 13), a bounded first version.
+//!
+//! Every example plugin runs one scenario (create, edit or scale, delete) on the real API
+//! server through the fault proxy: once unperturbed, then once under each perturbation:
+//! - `delay`: the watch of one kind the host watches for the plugin delivers its events
+//!   2 s late (one run per watched kind);
+//! - `cut`: every watch of the host is cut right after the edit is sent (mid-scenario),
+//!   so the host must re-watch or relist to see it;
+//! - `409`: the first write to each kind the plugin writes is answered 409 Conflict.
+//!
+//! Each run's end state (the objects the plugin writes after the edit settled, normalised:
+//! no uid, resourceVersion, timestamps, managedFields or server-assigned fields) must
+//! equal the unperturbed run's; the delete must complete (nothing left Terminating, the
+//! children collected); the host's writes (events excluded) must be at most twice the
+//! unperturbed run's. The result is written as a table into `TESTING.md` (section
+//! `## Fault sweep`, between markers) before the assertions, so a failing sweep still
+//! records what it saw.
+//!
+//! Not covered yet (issue 13 asks for them): a 409 on each write in turn (not only the
+//! first of each kind), a host SIGKILL after each write followed by a restart, and the
+//! checks for foreign fields and orphans.
+//!
+//! Run it whole (about a minute on 2 cores; `--ignored` while the bug below is open):
+//! `cargo test -p rekon-tests --test it sweep:: -- --ignored --nocapture`. Narrow it with
+//! `REKON_SWEEP_ONLY=webapp,teardown` and `REKON_SWEEP_PERTURBATION=/buckets` (a part of
+//! the perturbation's label; TESTING.md is then left alone), and list every write of
+//! each run with `REKON_SWEEP_WRITES=1`.
+
+use crate::controller::{WAIT, config, dynamic, idle, install_crds, plugin, setup};
+use http::StatusCode;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use rekon_host::controller::{self, Controller, Host};
+use rekon_tests::controlplane::{TestNamespace, random_name, wait_until};
+use rekon_tests::plugins;
+use rekon_tests::proxy::{Action, FaultProxy, Rule};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Perturbation {
+    None,
+    /// The events of the watches whose path contains this (one watched kind) come 2 s
+    /// late.
+    Delay(&'static str),
+    Cut,
+    Conflict,
+}
+
+impl Perturbation {
+    /// Every perturbation of `example`, the unperturbed run first.
+    fn all(example: Example) -> Vec<Perturbation> {
+        let mut all = vec![Perturbation::None];
+        all.extend(
+            example
+                .watched_paths()
+                .iter()
+                .map(|p| Perturbation::Delay(p)),
+        );
+        all.extend([Perturbation::Cut, Perturbation::Conflict]);
+        all
+    }
+
+    fn label(self) -> String {
+        match self {
+            Perturbation::None => "none".into(),
+            Perturbation::Delay(path) => format!("`{path}` events 2 s late"),
+            Perturbation::Cut => "every watch cut after the edit".into(),
+            Perturbation::Conflict => "409 on the first write of each kind".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Example {
+    WebApp,
+    NodePool,
+    NetDefaults,
+    Teardown,
+    Rollout,
+}
+
+impl Example {
+    const ALL: [Example; 5] = [
+        Example::WebApp,
+        Example::NodePool,
+        Example::NetDefaults,
+        Example::Teardown,
+        Example::Rollout,
+    ];
+
+    fn crate_name(self) -> &'static str {
+        match self {
+            Example::WebApp => "webapp",
+            Example::NodePool => "nodepool",
+            Example::NetDefaults => "netdefaults",
+            Example::Teardown => "teardown",
+            Example::Rollout => "rollout",
+        }
+    }
+
+    fn scenario(self) -> &'static str {
+        match self {
+            Example::WebApp => "create WebApp (2) → replicas 3 → delete",
+            Example::NodePool => "create pool + 2 reports → a report turns healthy → delete",
+            Example::NetDefaults => "label Namespace → quota deleted by a user → unlabel",
+            Example::Teardown => "create Bucket → move it → delete (cleanup done)",
+            Example::Rollout => "create opted-in Deployment → ConfigMap change → delete",
+        }
+    }
+
+    fn crd(self) -> Option<&'static str> {
+        match self {
+            Example::WebApp => Some("plugins/webapp/crd.yaml"),
+            Example::NodePool => Some("plugins/nodepool/crd.yaml"),
+            Example::Teardown => Some("plugins/teardown/crd.yaml"),
+            Example::NetDefaults | Example::Rollout => None,
+        }
+    }
+
+    /// The paths of the kinds the host watches for the plugin (its primary, owned and
+    /// watched kinds).
+    fn watched_paths(self) -> &'static [&'static str] {
+        match self {
+            Example::WebApp => &["/webapps", "/deployments", "/services"],
+            Example::NodePool => &["/nodepools", "/nodereports"],
+            Example::NetDefaults => &["/namespaces?", "/networkpolicies", "/resourcequotas"],
+            Example::Teardown => &["/buckets", "/configmaps"],
+            Example::Rollout => &["/deployments", "/configmaps"],
+        }
+    }
+
+    /// The paths of the kinds the plugin writes (for the injected 409s).
+    fn written_paths(self) -> &'static [&'static str] {
+        match self {
+            Example::WebApp => &["/webapps", "/deployments", "/services"],
+            Example::NodePool => &["/nodepools"],
+            Example::NetDefaults => &["/networkpolicies", "/resourcequotas"],
+            Example::Teardown => &["/buckets", "/configmaps"],
+            Example::Rollout => &["/deployments"],
+        }
+    }
+}
+
+/// What one run saw.
+#[derive(Debug)]
+struct Run {
+    example: Example,
+    perturbation: Perturbation,
+    /// Writes the host sent (events excluded), injected answers included.
+    writes: usize,
+    /// Writes answered 409 (injected or real).
+    conflicts: usize,
+    /// The normalised end state, or why the scenario did not complete.
+    state: Result<Value, String>,
+    took: Duration,
+}
+
+/// The scenario's handle on its run.
+struct Cx {
+    client: kube::Client,
+    ns: TestNamespace,
+    proxy: FaultProxy,
+    running: Arc<Controller>,
+    perturbation: Perturbation,
+}
+
+impl Cx {
+    fn api(&self, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+        dynamic(&self.client, self.ns.name(), group, version, kind)
+    }
+
+    /// Sends the scenario's edit, cutting every watch right after it under `cut`.
+    async fn edit<F: Future<Output = kube::Result<DynamicObject>>>(
+        &self,
+        edit: F,
+    ) -> Result<(), String> {
+        edit.await.map_err(|e| format!("the edit: {e}"))?;
+        if self.perturbation == Perturbation::Cut {
+            self.proxy.cut_watches("");
+        }
+        Ok(())
+    }
+
+    /// Waits until `check` holds (reading the API server) and then until the controller
+    /// is idle.
+    async fn settle<T, F, Fut>(&self, what: &str, check: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let value = wait_until(what, WAIT, check)
+            .await
+            .map_err(|e| e.to_string())?;
+        idle(&self.running).await;
+        Ok(value)
+    }
+
+    /// Waits until the object is gone (not left Terminating).
+    async fn gone(&self, api: &Api<DynamicObject>, name: &str) -> Result<(), String> {
+        wait_until(&format!("{name} is gone"), WAIT, || async {
+            api.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await
+        .map_err(|e| format!("{e} (still there: Terminating or never deleted)"))
+    }
+}
+
+/// Keeps what the plugin decides: names, labels, annotations, finalizers, owners (kind,
+/// name, controller), spec and data, and the status for primaries; drops what the server
+/// or the run assigns.
+fn normalise(object: &DynamicObject, with_status: bool) -> Value {
+    let mut v = serde_json::to_value(object).unwrap();
+    let meta = v["metadata"].take();
+    let owners: Vec<Value> = meta["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| json!([r["kind"], r["name"], r["controller"]]))
+        .collect();
+    let mut kept = json!({
+        "name": meta["name"], "labels": meta["labels"], "annotations": meta["annotations"],
+        "finalizers": meta["finalizers"], "owners": owners,
+    });
+    if !with_status && let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                for key in [
+                    "lastTransitionTime",
+                    "clusterIP",
+                    "clusterIPs",
+                    "resourceVersion",
+                    "uid",
+                ] {
+                    o.remove(key);
+                }
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut kept);
+    strip(&mut v);
+    v["metadata"] = kept;
+    v
+}
+
+/// The normalised object, with the run's namespace name replaced by `<ns>`.
+async fn snapshot(
+    api: &Api<DynamicObject>,
+    name: &str,
+    with_status: bool,
+) -> Result<Value, String> {
+    let o = api
+        .get(name)
+        .await
+        .map_err(|e| format!("reading {name}: {e}"))?;
+    let ns = o.metadata.namespace.clone().unwrap_or_default();
+    let text = normalise(&o, with_status).to_string();
+    let text = if ns.is_empty() {
+        text
+    } else {
+        text.replace(&ns, "<ns>")
+    };
+    Ok(serde_json::from_str(&text).unwrap())
+}
+
+async fn webapp(cx: &Cx) -> Result<Value, String> {
+    let apps = cx.api("rekon.dev", "v1alpha1", "WebApp");
+    let deployments = cx.api("apps", "v1", "Deployment");
+    let services = cx.api("", "v1", "Service");
+    apps.create(&PostParams::default(), &crate::controller::webapp("web", 2))
+        .await
+        .map_err(|e| e.to_string())?;
+    cx.settle("the children and the status", || async {
+        let d = deployments.get_opt("web").await.ok()??;
+        services.get_opt("web").await.ok()??;
+        let a = apps.get("web").await.ok()?;
+        (d.data["spec"]["replicas"] == 2 && a.data["status"]["readyReplicas"] == 0).then_some(())
+    })
+    .await?;
+    cx.edit(apps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    ))
+    .await?;
+    cx.settle("the Deployment follows", || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.data["spec"]["replicas"] == 3).then_some(())
+    })
+    .await?;
+    let state = json!({
+        "webapp": snapshot(&apps, "web", true).await?,
+        "deployment": snapshot(&deployments, "web", false).await?,
+        "service": snapshot(&services, "web", false).await?,
+    });
+    apps.delete("web", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    cx.gone(&apps, "web").await?;
+    cx.gone(&deployments, "web").await?;
+    cx.gone(&services, "web").await?;
+    Ok(state)
+}
+
+async fn nodepool(cx: &Cx) -> Result<Value, String> {
+    let pools = cx.api("rekon.dev", "v1alpha1", "NodePool");
+    let reports = cx.api("rekon.dev", "v1alpha1", "NodeReport");
+    let pool: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "rekon.dev/v1alpha1", "kind": "NodePool",
+        "metadata": {"name": "gpu"}, "spec": {"minHealthy": 2},
+    }))
+    .unwrap();
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (name, healthy) in [("a", true), ("b", false)] {
+        let r: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "rekon.dev/v1alpha1", "kind": "NodeReport",
+            "metadata": {"name": name, "labels": {"rekon.dev/pool": "gpu"}},
+            "spec": {"healthy": healthy},
+        }))
+        .unwrap();
+        reports
+            .create(&PostParams::default(), &r)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let status_is = |healthy: i64, total: i64| {
+        let pools = pools.clone();
+        move || {
+            let pools = pools.clone();
+            async move {
+                let p = pools.get("gpu").await.ok()?;
+                (p.data["status"]["healthy"] == healthy && p.data["status"]["total"] == total)
+                    .then_some(())
+            }
+        }
+    };
+    cx.settle("status 1 of 2", status_is(1, 2)).await?;
+    cx.edit(reports.patch(
+        "b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"healthy": true}})),
+    ))
+    .await?;
+    cx.settle("status 2 of 2", status_is(2, 2)).await?;
+    let state = json!({"pool": snapshot(&pools, "gpu", true).await?});
+    pools
+        .delete("gpu", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    cx.gone(&pools, "gpu").await?;
+    Ok(state)
+}
+
+async fn netdefaults(cx: &Cx) -> Result<Value, String> {
+    let namespaces: Api<Namespace> = Api::all(cx.client.clone());
+    let policies = cx.api("networking.k8s.io", "v1", "NetworkPolicy");
+    let quotas = cx.api("", "v1", "ResourceQuota");
+    let label =
+        |value: Value| Patch::Merge(json!({"metadata": {"labels": {"rekon.dev/defaults": value}}}));
+    namespaces
+        .patch(
+            cx.ns.name(),
+            &PatchParams::default(),
+            &label(json!("enabled")),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let both = || async {
+        let p = policies.get_opt("default-deny-ingress").await.ok()??;
+        let q = quotas.get_opt("default").await.ok()??;
+        Some((p, q))
+    };
+    let (_, first) = cx.settle("the policy and the quota", both).await?;
+    // The edit: a user deletes the quota; the plugin states it again.
+    quotas
+        .delete("default", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    if cx.perturbation == Perturbation::Cut {
+        cx.proxy.cut_watches("");
+    }
+    cx.settle("the quota is back", || async {
+        let q = quotas.get_opt("default").await.ok()??;
+        (q.metadata.uid != first.metadata.uid).then_some(())
+    })
+    .await?;
+    let state = json!({
+        "policy": snapshot(&policies, "default-deny-ingress", false).await?,
+        "quota": snapshot(&quotas, "default", false).await?,
+    });
+    namespaces
+        .patch(cx.ns.name(), &PatchParams::default(), &label(Value::Null))
+        .await
+        .map_err(|e| e.to_string())?;
+    cx.gone(&policies, "default-deny-ingress").await?;
+    cx.gone(&quotas, "default").await?;
+    Ok(state)
+}
+
+async fn teardown(cx: &Cx) -> Result<Value, String> {
+    let buckets = cx.api("rekon.dev", "v1alpha1", "Bucket");
+    let cms = cx.api("", "v1", "ConfigMap");
+    let bucket: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "rekon.dev/v1alpha1", "kind": "Bucket",
+        "metadata": {"name": "photos"}, "spec": {"location": "eu-west"},
+    }))
+    .unwrap();
+    buckets
+        .create(&PostParams::default(), &bucket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ready_in = |place: &'static str| {
+        let buckets = buckets.clone();
+        move || {
+            let buckets = buckets.clone();
+            async move {
+                let b = buckets.get("photos").await.ok()?;
+                let held = b.metadata.finalizers.as_ref()?.len() == 1;
+                let ready = b.data["status"]["conditions"].as_array()?.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "True"
+                        && c["message"].as_str().is_some_and(|m| m.contains(place))
+                });
+                (held && ready).then_some(())
+            }
+        }
+    };
+    cx.settle("Ready with the finalizer", ready_in("eu-west"))
+        .await?;
+    cx.edit(buckets.patch(
+        "photos",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"location": "us-east"}})),
+    ))
+    .await?;
+    cx.settle("Ready in the new place", ready_in("us-east"))
+        .await?;
+    let mut state = json!({"bucket": snapshot(&buckets, "photos", true).await?});
+    buckets
+        .delete("photos", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_until("the cleanup request", WAIT, || async {
+        cms.get_opt("photos-cleanup").await.ok()?
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    state["cleanup"] = snapshot(&cms, "photos-cleanup", false).await?;
+    cms.patch(
+        "photos-cleanup",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"done": "true"}})),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    cx.gone(&buckets, "photos").await?;
+    cx.gone(&cms, "photos-cleanup").await?;
+    Ok(state)
+}
+
+async fn rollout(cx: &Cx) -> Result<Value, String> {
+    let cms = cx.api("", "v1", "ConfigMap");
+    let deployments = cx.api("apps", "v1", "Deployment");
+    let pp = PostParams::default();
+    for (name, data) in [
+        ("settings", json!({"level": "info"})),
+        ("env", json!({"MODE": "prod"})),
+    ] {
+        let cm: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data,
+        }))
+        .unwrap();
+        cms.create(&pp, &cm).await.map_err(|e| e.to_string())?;
+    }
+    let web: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"rekon.dev/rollout": "true"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "volumes": [{"name": "settings", "configMap": {"name": "settings"}}],
+                    "containers": [{
+                        "name": "app", "image": "nginx:1.27",
+                        "envFrom": [{"configMapRef": {"name": "env"}}],
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    deployments
+        .create(&pp, &web)
+        .await
+        .map_err(|e| e.to_string())?;
+    let hash = || async {
+        let d = deployments.get("web").await.ok()?;
+        d.data["spec"]["template"]["metadata"]["annotations"]["rekon.dev/config-hash"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let first = cx.settle("the first hash", hash).await?;
+    cx.edit(cms.patch(
+        "settings",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"level": "debug"}})),
+    ))
+    .await?;
+    cx.settle("a new hash", || async {
+        hash().await.filter(|h| *h != first)
+    })
+    .await?;
+    let state = json!({"deployment": snapshot(&deployments, "web", false).await?});
+    deployments
+        .delete("web", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    cx.gone(&deployments, "web").await?;
+    Ok(state)
+}
+
+async fn run(example: Example, perturbation: Perturbation) -> Run {
+    let started = Instant::now();
+    let (client, ns) = setup(&format!("sweep-{}", example.crate_name())).await;
+    if let Some(crd) = example.crd() {
+        install_crds(&client, crd).await;
+    }
+    let proxy = FaultProxy::start(client.clone())
+        .await
+        .expect("the proxy starts");
+    match perturbation {
+        Perturbation::Delay(path) => {
+            proxy.add(
+                Rule::new(Action::DelayEvents(Duration::from_secs(2)))
+                    .path(path)
+                    .watches(),
+            );
+        }
+        Perturbation::Conflict => {
+            for path in example.written_paths() {
+                proxy.add(
+                    Rule::new(Action::status(StatusCode::CONFLICT))
+                        .writes()
+                        .path(*path)
+                        .times(1),
+                );
+            }
+        }
+        Perturbation::None | Perturbation::Cut => {}
+    }
+    let config = if example == Example::NetDefaults {
+        // A Namespace primary: the host watches cluster-wide (as in examples.rs); it acts
+        // only on labelled namespaces, and the sweep runs netdefaults one run at a time.
+        controller::Config {
+            instance: random_name("sweep-netdefaults"),
+            ..Default::default()
+        }
+    } else {
+        config(ns.name())
+    };
+    let host = Host::new(proxy.client().expect("a proxy client"), config);
+    let running = host
+        .start(plugin(example.crate_name()))
+        .await
+        .expect("plugin starts");
+    let cx = Cx {
+        client,
+        ns,
+        proxy,
+        running,
+        perturbation,
+    };
+    let state = match example {
+        Example::WebApp => webapp(&cx).await,
+        Example::NodePool => nodepool(&cx).await,
+        Example::NetDefaults => netdefaults(&cx).await,
+        Example::Teardown => teardown(&cx).await,
+        Example::Rollout => rollout(&cx).await,
+    };
+    // Late echoes and whatever they cause are counted too.
+    idle(&cx.running).await;
+    host.shutdown(Duration::from_secs(5)).await;
+    let seen = cx.proxy.requests();
+    // Events and access reviews (the host's permission checks at start) are not writes
+    // of the plugin's decisions.
+    let writes: Vec<_> = seen
+        .iter()
+        .filter(|s| {
+            s.is_write() && !s.path.contains("/events") && !s.path.contains("accessreviews")
+        })
+        .collect();
+    if std::env::var_os("REKON_SWEEP_WRITES").is_some() {
+        let list: Vec<String> = writes
+            .iter()
+            .map(|s| format!("{} {} → {:?}", s.method, s.path, s.status))
+            .collect();
+        println!(
+            "{} / {}: {} writes\n  {}",
+            example.crate_name(),
+            perturbation.label(),
+            list.len(),
+            list.join("\n  ")
+        );
+    }
+    let _ = cx.ns.delete().await;
+    Run {
+        example,
+        perturbation,
+        writes: writes.len(),
+        conflicts: writes.iter().filter(|s| s.status == Some(409)).count(),
+        state,
+        took: started.elapsed(),
+    }
+}
+
+/// Every run of one example, the unperturbed one first.
+async fn sweep_example(example: Example) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let only = std::env::var("REKON_SWEEP_PERTURBATION").ok();
+    for perturbation in Perturbation::all(example) {
+        if perturbation != Perturbation::None
+            && only
+                .as_deref()
+                .is_some_and(|o| !perturbation.label().contains(o))
+        {
+            continue;
+        }
+        runs.push(run(example, perturbation).await);
+    }
+    runs
+}
+
+/// A run's verdict against the unperturbed run: empty when it passes.
+fn problems(run: &Run, baseline: &Run) -> Vec<String> {
+    let mut found = Vec::new();
+    match (&run.state, &baseline.state) {
+        (Err(e), _) => found.push(format!("did not complete: {e}")),
+        (Ok(_), Err(_)) => found.push("the unperturbed run did not complete".into()),
+        (Ok(got), Ok(want)) if got != want => {
+            found.push(format!("end state differs:\n  got  {got}\n  want {want}"))
+        }
+        _ => {}
+    }
+    if run.writes > 2 * baseline.writes {
+        found.push(format!(
+            "{} writes, more than twice the unperturbed {}",
+            run.writes, baseline.writes
+        ));
+    }
+    found
+}
+
+const START: &str = "<!-- fault-sweep:start (generated by tests/tests/it/sweep.rs) -->";
+const END: &str = "<!-- fault-sweep:end -->";
+
+fn table(all: &[Vec<Run>]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Generated by `cargo test -p rekon-tests --test it sweep:: -- --ignored --nocapture` \
+         (`sweep.rs`). Writes are the host's writes (events excluded), injected answers \
+         included; the end state is compared with the unperturbed run's.\n"
+    );
+    let _ = writeln!(
+        t,
+        "| plugin | scenario | perturbation | writes | conflicts | end state equal | run |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for runs in all {
+        let baseline = &runs[0];
+        for run in runs {
+            let verdict = match (&run.state, &baseline.state) {
+                (Ok(a), Ok(b)) if a == b => "yes".to_owned(),
+                (Ok(_), Ok(_)) => "**no**".to_owned(),
+                (Err(_), _) => "**did not complete**".to_owned(),
+                (Ok(_), Err(_)) => "(no baseline)".to_owned(),
+            };
+            let over = if run.writes > 2 * baseline.writes {
+                " **(> 2×)**"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {}{over} | {} | {verdict} | {:.1} s |",
+                run.example.crate_name(),
+                run.example.scenario(),
+                run.perturbation.label(),
+                run.writes,
+                run.conflicts,
+                run.took.as_secs_f64(),
+            );
+        }
+    }
+    t
+}
+
+/// Replaces the generated part of `TESTING.md`'s `## Fault sweep` section.
+fn write_testing_md(generated: &str) {
+    let path = plugins::workspace().join("TESTING.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Testing\n".to_owned());
+    let block = format!("{START}\n{generated}{END}");
+    let text = match (text.find(START), text.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{block}{}", &text[..a], &text[b + END.len()..])
+        }
+        _ => format!("{}\n\n## Fault sweep\n\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(&path, text).expect("TESTING.md is written");
+}
+
+// Ignored until the host stops re-creating children of a primary it already saw deleted
+// (or finalized): with the primary's events 2 s late, webapp re-creates its Deployment and
+// Service, and teardown its cleanup ConfigMap, several times after the delete (> 2× the
+// unperturbed writes). See TESTING.md, `## Fault sweep`.
+#[ignore = "finds a host bug: children re-created after their primary's delete while the primary's watch lags (see TESTING.md)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_every_example_plugin_under_delayed_cut_and_conflicting_watches_and_writes() {
+    crate::logs();
+    let started = Instant::now();
+    // `REKON_SWEEP_ONLY=webapp,teardown` narrows the sweep (TESTING.md is then left alone).
+    let only = std::env::var("REKON_SWEEP_ONLY").ok();
+    let examples: Vec<Example> = Example::ALL
+        .into_iter()
+        .filter(|e| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == e.crate_name()))
+        })
+        .collect();
+    let all: Vec<Vec<Run>> =
+        futures::future::join_all(examples.into_iter().map(sweep_example)).await;
+    let generated = table(&all);
+    println!("{generated}");
+    if only.is_none() {
+        write_testing_md(&generated);
+    }
+    println!("the sweep took {:?}", started.elapsed());
+    let mut failures = Vec::new();
+    for runs in &all {
+        for run in &runs[1..] {
+            for p in problems(run, &runs[0]) {
+                failures.push(format!(
+                    "{} under {}: {p}",
+                    run.example.crate_name(),
+                    run.perturbation.label()
+                ));
+            }
+        }
+        if let Err(e) = &runs[0].state {
+            failures.push(format!("{} unperturbed: {e}", runs[0].example.crate_name()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
