@@ -102,7 +102,8 @@ pub(super) enum Check {
         start_waiter: bool,
         /// Whether this is the first deferral of this wait (counted once).
         first: bool,
-        /// How many deadlines passed without the writes showing (report when > 0).
+        /// When this check crossed a deadline: how many have passed in this wait (report
+        /// it); 0 otherwise, so each deadline is reported once.
         overdue: u32,
     },
 }
@@ -154,8 +155,10 @@ impl Expectations {
         }
         let first = p.deadline.is_none();
         let mut until = *p.deadline.get_or_insert(now + timeout);
+        let mut crossed = false;
         if now >= until {
             p.overdue += 1;
+            crossed = true;
             until = now + timeout;
             p.deadline = Some(until);
             p.waiter = None;
@@ -166,7 +169,7 @@ impl Expectations {
             until,
             start_waiter,
             first,
-            overdue: if first { 0 } else { p.overdue },
+            overdue: if crossed { p.overdue } else { 0 },
         }
     }
 
@@ -313,6 +316,14 @@ mod tests {
                 }
             ),
             "{late:?}"
+        );
+        // Asked again within the new period: not reported a second time.
+        let again = e.check(&key(), &stores, 2, t, now + t + Duration::from_secs(1));
+        assert!(matches!(again, Check::Wait { overdue: 0, .. }), "{again:?}");
+        let second = e.check(&key(), &stores, 2, t, now + t + t);
+        assert!(
+            matches!(second, Check::Wait { overdue: 2, .. }),
+            "{second:?}"
         );
         // The store shows the write: clear, and no longer deferred.
         store.record_event(kube::runtime::watcher::Event::Apply(

@@ -386,7 +386,8 @@ impl Controller {
             return;
         };
         let note = format!(
-            "the host's cache has not shown this primary's own writes for {waited:?}              ({waiting}); the plugin is not called on an older view until it does"
+            "the host's cache has not shown this primary's own writes for {waited:?} \
+             ({waiting}); the plugin is not called on an older view until it does"
         );
         let event = Event {
             event_type: EventType::Warning,
@@ -568,6 +569,20 @@ impl Controller {
                     Some(ms) => Outcome::SuccessRequeueAfter(Duration::from_millis(ms)),
                     None => Outcome::Success,
                 }
+            }
+            Some(e @ crate::write::Error::Gone { .. }) => {
+                // The cache still shows an object the API server no longer has: decide
+                // again once it shows it gone (read-your-writes), not on this view.
+                if let Some(gone) = e.gone() {
+                    self.memory.expectations.record(
+                        key,
+                        std::slice::from_ref(gone),
+                        &self.host.stores,
+                    );
+                }
+                self.stats.count_write_error(e.metric_label());
+                tracing::debug!(error = %e, "gone; deciding again once the cache shows it");
+                Outcome::RetryNow
             }
             Some(e) if e.is_conflict() => {
                 // The output was decided on a view that is no longer current: its events

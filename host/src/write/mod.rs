@@ -157,9 +157,26 @@ pub struct Written {
 }
 
 impl Written {
-    /// Whether this write removed the object (read-your-writes waits for its absence).
+    /// Whether this write removed the object, or found it gone (read-your-writes waits
+    /// for its absence).
     pub fn is_gone(&self) -> bool {
-        self.verb == "delete" && self.resource_version.is_none()
+        matches!(self.verb, "delete" | "vanished") && self.resource_version.is_none()
+    }
+
+    /// An object found gone (404) by a write conditioned on it: not a write, but what
+    /// read-your-writes must wait for before the plugin decides again.
+    fn vanished(kind: &Gvk, namespace: Option<&str>, name: &str, uid: &str) -> Self {
+        Written {
+            kind: kind.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+            resource_version: None,
+            uid: Some(uid.to_owned()),
+            verb: "vanished",
+            previous: None,
+            digest: 0,
+            managers: Vec::new(),
+        }
     }
 }
 
@@ -224,6 +241,18 @@ pub enum Error {
         /// The object.
         what: String,
     },
+    /// The object the write was conditioned on no longer exists (404), or the primary is
+    /// gone before a child would be created for it: the cache is behind. Nothing was
+    /// written; the plugin decides again once the cache shows it gone (`gone`).
+    #[error("{verb} {what}: the object is gone; deciding again once the cache shows it")]
+    Gone {
+        /// Mutation verb.
+        verb: &'static str,
+        /// The object.
+        what: String,
+        /// What read-your-writes waits for, when the uid is known.
+        gone: Option<Box<Written>>,
+    },
     /// The API server refused the write (403, 422, ...).
     #[error("{verb} {what}: refused by the API server ({code}): {source}")]
     Refused {
@@ -281,6 +310,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Conflict { .. } => "conflict",
+            Error::Gone { .. } => "gone",
             Error::AlreadyExists { .. } => "already_exists",
             Error::NotOwned { .. } => "not_owned",
             Error::OutOfScope { .. } => "out_of_scope",
@@ -296,6 +326,14 @@ impl Error {
     /// Whether this is a conflict (the plugin should decide again on fresh state).
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })
+    }
+
+    /// What read-your-writes must wait for before deciding again ([`Error::Gone`]).
+    pub fn gone(&self) -> Option<&Written> {
+        match self {
+            Error::Gone { gone, .. } => gone.as_deref(),
+            _ => None,
+        }
     }
 
     /// The reason of the Warning Event recorded on the primary for this error.
@@ -579,6 +617,7 @@ impl Applier {
         let primary_ns = meta(cx.primary, "namespace");
         let primary_name = meta(cx.primary, "name").unwrap_or_default();
         let mut primary_status: Option<&Value> = None;
+        let mut primary_confirmed = false;
         for m in &output.mutations {
             let result = match m {
                 Mutation::UpdateStatus(obj)
@@ -588,7 +627,15 @@ impl Applier {
                     primary_status = Some(obj);
                     continue;
                 }
-                Mutation::Apply(obj) => self.server_side_apply(cx, &snapshot, obj).await,
+                Mutation::Apply(obj) => {
+                    self.server_side_apply(cx, &snapshot, obj, &mut primary_confirmed)
+                        .await
+                }
+                Mutation::Create(_) => match self.confirm_primary(cx, &mut primary_confirmed).await
+                {
+                    Ok(()) => self.send(m, Scope::of(cx.primary), &snapshot).await,
+                    Err(e) => Err(e),
+                },
                 _ => self.send(m, Scope::of(cx.primary), &snapshot).await,
             };
             match result {
@@ -683,11 +730,44 @@ impl Applier {
         })
     }
 
+    /// Before the first object this output creates: whether the primary still exists
+    /// (a quorum read). A primary deleted while the cache still shows it would get
+    /// children the garbage collector removes again at once.
+    ///
+    /// # Errors
+    /// [`Error::Gone`] naming the primary (with its uid to wait for) when it is gone or
+    /// was replaced by another of the same name.
+    async fn confirm_primary(&self, cx: &Context<'_>, confirmed: &mut bool) -> Result<(), Error> {
+        if *confirmed {
+            return Ok(());
+        }
+        let kind = kind_of(cx.primary);
+        let ns = meta(cx.primary, "namespace");
+        let name = meta(cx.primary, "name").unwrap_or_default();
+        let uid = meta(cx.primary, "uid").unwrap_or_default();
+        let what = describe(&kind, ns, name);
+        let api = self.api(&kind, ns).await?;
+        let live = self
+            .call("create", &what, false, api.get_opt(name))
+            .await?
+            .map_err(|e| Error::from_kube("create", what.clone(), e))?;
+        if live.is_some_and(|o| o.metadata.uid.as_deref() == Some(uid)) {
+            *confirmed = true;
+            return Ok(());
+        }
+        Err(Error::Gone {
+            verb: "create",
+            what,
+            gone: (!uid.is_empty()).then(|| Box::new(Written::vanished(&kind, ns, name, uid))),
+        })
+    }
+
     async fn server_side_apply(
         &self,
         cx: &Context<'_>,
         snapshot: &Snapshot,
         obj: &Value,
+        primary_confirmed: &mut bool,
     ) -> Result<Written, Error> {
         let kind = kind_of(obj);
         let name = meta(obj, "name").unwrap_or_default().to_owned();
@@ -727,7 +807,10 @@ impl Applier {
             Consent::Unseen => {
                 let live = self.call("apply", &what, false, api.get_opt(&name)).await?;
                 match live.map_err(|e| Error::from_kube("apply", what.clone(), e))? {
-                    None => (false, None),
+                    None => {
+                        self.confirm_primary(cx, primary_confirmed).await?;
+                        (false, None)
+                    }
                     Some(live) => {
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                         let seen = seen_of(&live);
@@ -811,7 +894,20 @@ impl Applier {
         let p = prepare(m, namespaced, scope, self.watched.as_deref(), snapshot)?;
         let api = self.api(&p.kind, p.namespace.as_deref()).await?;
         let what = p.what();
-        let fail = |e| Error::from_kube(p.verb, what.clone(), e);
+        let fail = |e: kube::Error| match (&e, &p.uid) {
+            // The object the write was conditioned on is gone: wait for the cache.
+            (kube::Error::Api(s), Some(uid)) if s.code == 404 => Error::Gone {
+                verb: p.verb,
+                what: what.clone(),
+                gone: Some(Box::new(Written::vanished(
+                    &p.kind,
+                    p.namespace.as_deref(),
+                    &p.name,
+                    uid,
+                ))),
+            },
+            _ => Error::from_kube(p.verb, what.clone(), e),
+        };
         let object = |body: &Option<Value>| -> Result<DynamicObject, Error> {
             serde_json::from_value(body.clone().unwrap_or(Value::Null)).map_err(|e| {
                 Error::Refused {
