@@ -212,3 +212,60 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
     );
     drop(b);
 }
+
+/// A host whose writes to ConfigMaps the API server (through the proxy) never answers:
+/// each write ends at the request deadline as a failure with backoff, stopping the host
+/// is bounded by it, and once answers come back the plugin converges.
+#[tokio::test]
+async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounded() {
+    use rekon_host::controller::{Host, PluginOptions};
+    use rekon_tests::proxy::{Action, Rule};
+    let (client, ns) = setup("deadline").await;
+    let proxy = FaultProxy::start(client.clone()).await.unwrap();
+    let deadline = Duration::from_secs(1);
+    let config = rekon_host::controller::Config {
+        request_timeout: deadline,
+        ..crate::controller::config(ns.name())
+    };
+    let host = Host::new(proxy.client().unwrap(), config);
+    let running = host
+        .start_with(crate::controller::plugin("stamp-plugin"), PluginOptions::default())
+        .await
+        .unwrap();
+    let hole = proxy.add(Rule::new(Action::BlackHole).writes().path("/configmaps"));
+    let api: Api<ConfigMap> = ns.api();
+    let primary: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "p", "labels": {"rekon.dev/stamp": "true"}},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &primary).await.unwrap();
+    let stats = running.stats().clone();
+    wait_until("a write times out", WAIT, || async {
+        (stats.write_errors().get("timeout").copied() >= Some(2)).then_some(())
+    })
+    .await
+    .unwrap();
+    // Backoff between the attempts: not a loop of timeouts.
+    assert!(stats.write_errors()["timeout"] < 10, "{:?}", stats.write_errors());
+    // With a write in flight and unanswered, stopping the plugin ends within the deadline.
+    wait_until("a write in flight", WAIT, || async {
+        (running.queue().in_flight() > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let stopping = Instant::now();
+    tokio::time::timeout(deadline * 5, host.stop("stamp"))
+        .await
+        .expect("stopping is bounded by the request deadline");
+    println!("stopped {:?} after asking, with a write in flight", stopping.elapsed());
+    // Answers come back: a new controller converges.
+    proxy.remove(hole);
+    host.start_with(crate::controller::plugin("stamp-plugin"), PluginOptions::default())
+        .await
+        .unwrap();
+    wait_until("the stamp child exists", WAIT, || async {
+        api.get_opt("p-stamp").await.ok().flatten()
+    })
+    .await
+    .unwrap();
+}
