@@ -265,7 +265,7 @@ pub struct Condition {
 /// Which decision export a call makes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum Entry {
+pub enum Export {
     /// `reconcile`: decide what a live primary needs.
     #[default]
     Reconcile,

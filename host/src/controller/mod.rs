@@ -1,6 +1,6 @@
 //! The controller core.
 //!
-//! - [`store`]: one watch and one compact store per kind for the whole host (invariant 8),
+//! - [`store`]: one watch and one compact store per kind for the whole host (docs/design.md, invariant 8),
 //!   relisting by itself after a 410 Gone.
 //! - [`queue`]: per-plugin work queues: deduplicated, one lease per key, bounded
 //!   concurrency, backoff, live events before resync (invariants 1 and 2).

@@ -23,7 +23,7 @@ use super::store::{Change, KindStore, Stored, Stores};
 use super::thrash::{Fight, ThrashGuard};
 use super::{Config, PluginOptions, Stats};
 use crate::contract::{
-    Entry, Event, EventType, GuestError, Gvk, KeyMapping, Mutation, ObjectKey, Output, Request,
+    Event, EventType, Export, GuestError, Gvk, KeyMapping, Mutation, ObjectKey, Output, Request,
     Target, meta,
 };
 use crate::plugin::{Fault, Loaded};
@@ -161,7 +161,7 @@ impl Controller {
     fn enqueue(&self, mut key: ObjectKey, priority: Priority) {
         if !self.primary.is_namespaced() {
             // A child in a namespace maps to its cluster-scoped owner: one key per
-            // primary, however it was found (invariant 1).
+            // primary, however it was found (docs/design.md, invariant 1).
             key.namespace = None;
         }
         if self.options.admits(&key) || self.must_finalize(&key) {
@@ -329,7 +329,7 @@ impl Controller {
         lease.done(outcome);
     }
 
-    /// Whether `key` must wait for the stores to show its previous writes (invariant 4).
+    /// Whether `key` must wait for the stores to show its previous writes (docs/design.md, invariant 4).
     /// When so, the queue re-adds it at the deadline, and a waiter re-adds it as soon as
     /// the writes are shown; past a deadline the lag is reported and the key waits on.
     async fn defer_until_writes_shown(self: &Arc<Self>, key: &ObjectKey) -> bool {
@@ -349,7 +349,7 @@ impl Controller {
             return false;
         };
         if first {
-            self.stats.ryw_waits.fetch_add(1, Ordering::Relaxed);
+            self.stats.own_write_waits.fetch_add(1, Ordering::Relaxed);
         }
         self.queue
             .add_after(key.clone(), until.saturating_duration_since(now));
@@ -375,7 +375,7 @@ impl Controller {
 
     /// Reports that the stores did not show a key's own writes within the deadline.
     async fn report_lag(&self, key: &ObjectKey, overdue: u32) {
-        self.stats.ryw_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.stats.own_write_overdue.fetch_add(1, Ordering::Relaxed);
         let waiting = self.memory.expectations.describe(key).join(", ");
         let waited = self.host.config.read_your_writes_timeout * overdue;
         tracing::warn!(%key, ?waited, %waiting, "the cache has not caught up with this primary's own writes; not deciding on an older view");
@@ -488,9 +488,9 @@ impl Controller {
             return Err(Outcome::RetryNow);
         };
         let entry = if finalize {
-            Entry::Finalize
+            Export::Finalize
         } else {
-            Entry::Reconcile
+            Export::Reconcile
         };
         let call = tokio::task::spawn_blocking(move || {
             call_plugin.decide(entry, &request, Clock::System, cache)

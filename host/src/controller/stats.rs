@@ -29,9 +29,9 @@ pub struct Stats {
     pub apply_errors: AtomicU64,
     /// Reconciles deferred until the cache showed the key's own previous writes (counted
     /// once per wait, only when the writes were not shown yet).
-    pub ryw_waits: AtomicU64,
+    pub own_write_waits: AtomicU64,
     /// Deadlines such waits passed (each reported; the key keeps waiting).
-    pub ryw_timeouts: AtomicU64,
+    pub own_write_overdue: AtomicU64,
     /// Resync passes.
     pub resyncs: AtomicU64,
     /// Fights with another writer the thrash guard detected.
@@ -69,8 +69,8 @@ impl Default for Stats {
             writes: AtomicU64::default(),
             conflicts: AtomicU64::default(),
             apply_errors: AtomicU64::default(),
-            ryw_waits: AtomicU64::default(),
-            ryw_timeouts: AtomicU64::default(),
+            own_write_waits: AtomicU64::default(),
+            own_write_overdue: AtomicU64::default(),
             resyncs: AtomicU64::default(),
             thrash_fights: AtomicU64::default(),
             finalizers_released: AtomicU64::default(),
@@ -150,7 +150,7 @@ impl Stats {
     }
 
     /// Shorthand for reading a counter.
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub fn read(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 }
@@ -177,7 +177,7 @@ mod tests {
             &r.error,
             &r.terminal,
         ]
-        .map(Stats::get);
+        .map(Stats::read);
         assert_eq!(counts, [1, 1, 1, 2, 1]);
         let time = stats.reconcile_time();
         assert_eq!(time.count(), 5);

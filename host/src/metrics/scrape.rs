@@ -152,7 +152,7 @@ fn encode_reconciles(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fm
             results.iter().map(move |(result, pick)| {
                 (
                     [("plugin", p.name.as_str()), ("result", *result)],
-                    Stats::get(pick(&p.stats)),
+                    Stats::read(pick(&p.stats)),
                 )
             })
         }),
@@ -164,7 +164,7 @@ fn encode_reconciles(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fm
         plugins.iter().map(|p| {
             (
                 [("plugin", p.name.as_str())],
-                Stats::get(&p.stats.results.error),
+                Stats::read(&p.stats.results.error),
             )
         }),
     )?;
@@ -175,7 +175,7 @@ fn encode_reconciles(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fm
         plugins.iter().map(|p| {
             (
                 [("plugin", p.name.as_str())],
-                Stats::get(&p.stats.results.terminal),
+                Stats::read(&p.stats.results.terminal),
             )
         }),
     )?;
@@ -228,7 +228,7 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         plugins.iter().map(|p| {
             (
                 [("plugin", p.name.as_str())],
-                Stats::get(&p.stats.reconciles),
+                Stats::read(&p.stats.reconciles),
             )
         }),
     )?;
@@ -281,12 +281,12 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         (
             "rekon_read_your_writes_waits",
             "Waits for the cache to show the key's previous writes.",
-            |s| &s.ryw_waits,
+            |s| &s.own_write_waits,
         ),
         (
             "rekon_read_your_writes_timeouts",
             "Deadlines passed waiting for the cache to show the key's previous writes (the key keeps waiting).",
-            |s| &s.ryw_timeouts,
+            |s| &s.own_write_overdue,
         ),
         ("rekon_resyncs", "Periodic resync passes.", |s| &s.resyncs),
         (
@@ -312,7 +312,7 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
             help,
             plugins
                 .iter()
-                .map(|p| ([("plugin", p.name.as_str())], Stats::get(pick(&p.stats)))),
+                .map(|p| ([("plugin", p.name.as_str())], Stats::read(pick(&p.stats)))),
         )?;
     }
     Ok(())

@@ -14,8 +14,8 @@ mod policy;
 pub use artifacts::{Artifacts, Origin};
 pub use policy::accepted_versions;
 
-use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Output, Request};
-use crate::sandbox::{self, CacheView, Call, Clock, Limits, PluginPre, Sandbox, Scope};
+use crate::contract::{Export, GuestError, Gvk, Metadata, ObjectKey, Output, Request};
+use crate::sandbox::{self, CacheGrant, CacheView, Call, Clock, Limits, PluginPre, Sandbox};
 use crate::write::check;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -279,8 +279,8 @@ impl Loaded {
         &self.metadata.name
     }
 
-    fn scope(&self, cache: Arc<dyn CacheView>) -> Scope {
-        Scope {
+    fn scope(&self, cache: Arc<dyn CacheView>) -> CacheGrant {
+        CacheGrant {
             metadata: self.metadata.clone(),
             cache,
         }
@@ -290,7 +290,7 @@ impl Loaded {
     /// declaration.
     pub fn decide(
         &self,
-        entry: Entry,
+        entry: Export,
         request: &Request,
         clock: Clock,
         cache: Arc<dyn CacheView>,
@@ -301,14 +301,14 @@ impl Loaded {
         self.checked(call, request)
     }
 
-    /// [`decide`](Self::decide) with [`Entry::Reconcile`].
+    /// [`decide`](Self::decide) with [`Export::Reconcile`].
     pub fn reconcile(
         &self,
         request: &Request,
         clock: Clock,
         cache: Arc<dyn CacheView>,
     ) -> Call<Output, Fault> {
-        self.decide(Entry::Reconcile, request, clock, cache)
+        self.decide(Export::Reconcile, request, clock, cache)
     }
 
     /// Maps an object of a custom-mapped watched kind to primary keys.

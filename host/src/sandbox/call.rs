@@ -5,8 +5,8 @@ use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
 use super::log::LogLine;
 use super::state::{HostState, MemoryCapExceeded};
-use super::{Clock, Error, Limits, Sandbox, Scope, boxed};
-use crate::contract::{Entry, GuestError, Gvk, Metadata, ObjectKey, Request};
+use super::{CacheGrant, Clock, Error, Limits, Sandbox, boxed};
+use crate::contract::{Export, GuestError, Gvk, Metadata, ObjectKey, Request};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 
@@ -75,18 +75,18 @@ impl PluginPre {
     /// Calls `reconcile(request)` or `finalize(request)`.
     pub fn decide(
         &self,
-        entry: Entry,
+        entry: Export,
         request: &Request,
         limits: &Limits,
         clock: Clock,
-        scope: Scope,
+        scope: CacheGrant,
     ) -> Call<Result<RawOutput, GuestError>> {
         let req = convert::request(request);
         self.invoke(limits, clock, Some(scope), move |b, s| {
             let guest = b.rekon_plugin_guest();
             let result = match entry {
-                Entry::Reconcile => guest.call_reconcile(s, &req),
-                Entry::Finalize => guest.call_finalize(s, &req),
+                Export::Reconcile => guest.call_reconcile(s, &req),
+                Export::Finalize => guest.call_finalize(s, &req),
             };
             result.map(|r| r.map(convert::output).map_err(convert::guest_error))
         })
@@ -98,7 +98,7 @@ impl PluginPre {
         kind: &Gvk,
         object: &str,
         limits: &Limits,
-        scope: Scope,
+        scope: CacheGrant,
     ) -> Call<Vec<ObjectKey>> {
         let kind = convert::wit_gvk(kind);
         self.invoke(limits, Clock::System, Some(scope), move |b, s| {
@@ -112,7 +112,7 @@ impl PluginPre {
         &self,
         limits: &Limits,
         clock: Clock,
-        scope: Option<Scope>,
+        scope: Option<CacheGrant>,
         f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Call<T> {
         let started = Instant::now();

@@ -1,5 +1,5 @@
 //! rekon's imports: thin glue that decodes, checks the allow-list, and forwards to the
-//! call's [`super::Scope`]. No Kubernetes logic lives here.
+//! call's [`super::CacheGrant`]. No Kubernetes logic lives here.
 
 use super::bindings::host::{self, CacheError, Level};
 use super::bindings::types::{self, Gvk as WitGvk};
@@ -15,7 +15,7 @@ fn gvk(kind: &WitGvk) -> Gvk {
 }
 
 impl HostState {
-    fn readable(&self, kind: &WitGvk) -> Result<(Gvk, &super::Scope), CacheError> {
+    fn readable(&self, kind: &WitGvk) -> Result<(Gvk, &super::CacheGrant), CacheError> {
         let kind = gvk(kind);
         let Some(scope) = self.scope.as_ref() else {
             return Err(CacheError::UndeclaredKind(format!(

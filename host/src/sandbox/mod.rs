@@ -23,7 +23,7 @@ mod state;
 pub use call::{Call, Phases, PluginPre};
 pub use convert::{RawMutation, RawOutput};
 pub use log::LogLine;
-pub use state::{CacheView, Clock, HostState, NoCache, Scope};
+pub use state::{CacheGrant, CacheView, Clock, HostState, NoCache};
 
 use bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 

@@ -66,7 +66,7 @@ impl HostWallClock for Clock {
 /// What the cache imports may answer during a call: the plugin's declaration (the
 /// allow-list) and the cache behind it.
 #[derive(Clone)]
-pub struct Scope {
+pub struct CacheGrant {
     /// The plugin's declaration; reads outside it are refused.
     pub metadata: Arc<Metadata>,
     /// The cache.
@@ -78,7 +78,7 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: Limiter,
-    pub(super) scope: Option<Scope>,
+    pub(super) scope: Option<CacheGrant>,
     pub(super) clock: Clock,
     pub(super) log: Log,
 }
@@ -89,7 +89,7 @@ impl HostState {
         memory_cap: usize,
         log_cap: usize,
         clock: Clock,
-        scope: Option<Scope>,
+        scope: Option<CacheGrant>,
     ) -> Self {
         let log = Log::new(log_cap);
         let mut wasi = WasiCtx::builder();

@@ -41,7 +41,7 @@ pub enum Error {
     },
 }
 
-pub use crate::contract::Entry;
+pub use crate::contract::Export;
 
 /// One case: what the plugin is given and what it must answer.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +58,7 @@ pub struct Case {
     pub settings: Option<Value>,
     /// Which export to call.
     #[serde(default)]
-    pub call: Entry,
+    pub call: Export,
     /// The primary object.
     pub primary: Value,
     /// Related objects passed in the request (and visible in the cache).
@@ -216,7 +216,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.name, "first");
-        assert_eq!(c.case.call, Entry::Reconcile);
+        assert_eq!(c.case.call, Export::Reconcile);
         assert_eq!(c.now_ms, Some(1_767_225_600_000));
         assert_eq!(c.case.expect.requeue_after_ms, Some(None));
         assert!(c.case.expect.mutations.is_none());

@@ -97,7 +97,7 @@ pub(crate) fn webapp(name: &str, replicas: i64) -> DynamicObject {
 }
 
 pub(crate) fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
-    Stats::get(c)
+    Stats::read(c)
 }
 
 /// Waits until a controller has nothing waiting, delayed or running: later changes are
@@ -250,12 +250,12 @@ async fn a_burst_of_updates_after_create_neither_duplicates_nor_fails() {
         count(&stats.reconciles),
         count(&stats.writes),
         count(&stats.conflicts),
-        count(&stats.ryw_waits),
-        count(&stats.ryw_timeouts)
+        count(&stats.own_write_waits),
+        count(&stats.own_write_overdue)
     );
     assert_eq!(count(&stats.apply_errors), 0);
     assert!(stats.faults().is_empty(), "{:?}", stats.faults());
-    assert_eq!(count(&stats.ryw_timeouts), 0);
+    assert_eq!(count(&stats.own_write_overdue), 0);
     // Level-triggered: at most one reconcile per spec version, per echo of its own writes
     // and per conflict retried — a burst that is not collapsed, or a key enqueued twice
     // for one event, exceeds it. (That reconciles wait for their own writes is proven

@@ -229,7 +229,10 @@ async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounde
     };
     let host = Host::new(proxy.client().unwrap(), config);
     let running = host
-        .start_with(crate::controller::plugin("stamp-plugin"), PluginOptions::default())
+        .start_with(
+            crate::controller::plugin("stamp-plugin"),
+            PluginOptions::default(),
+        )
         .await
         .unwrap();
     let hole = proxy.add(Rule::new(Action::BlackHole).writes().path("/configmaps"));
@@ -246,7 +249,11 @@ async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounde
     .await
     .unwrap();
     // Backoff between the attempts: not a loop of timeouts.
-    assert!(stats.write_errors()["timeout"] < 10, "{:?}", stats.write_errors());
+    assert!(
+        stats.write_errors()["timeout"] < 10,
+        "{:?}",
+        stats.write_errors()
+    );
     // With a write in flight and unanswered, stopping the plugin ends within the deadline.
     wait_until("a write in flight", WAIT, || async {
         (running.queue().in_flight() > 0).then_some(())
@@ -257,12 +264,18 @@ async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounde
     tokio::time::timeout(deadline * 5, host.stop("stamp"))
         .await
         .expect("stopping is bounded by the request deadline");
-    println!("stopped {:?} after asking, with a write in flight", stopping.elapsed());
+    println!(
+        "stopped {:?} after asking, with a write in flight",
+        stopping.elapsed()
+    );
     // Answers come back: a new controller converges.
     proxy.remove(hole);
-    host.start_with(crate::controller::plugin("stamp-plugin"), PluginOptions::default())
-        .await
-        .unwrap();
+    host.start_with(
+        crate::controller::plugin("stamp-plugin"),
+        PluginOptions::default(),
+    )
+    .await
+    .unwrap();
     wait_until("the stamp child exists", WAIT, || async {
         api.get_opt("p-stamp").await.ok().flatten()
     })

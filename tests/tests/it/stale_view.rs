@@ -155,12 +155,12 @@ async fn under_a_12s_watch_delay_no_duplicate_child_is_ever_created() {
     println!("generateName scaling under a {delay:?} watch delay: {steps:?}");
 
     let stats = running.stats();
-    let timeouts = count(&stats.ryw_timeouts);
+    let timeouts = count(&stats.own_write_overdue);
     let events: Api<Event> = ns.api();
     let lagging = warnings(&events, "CacheLagging", "rs").await;
     println!(
-        "ryw_waits {}, ryw_timeouts {timeouts}, CacheLagging events {}",
-        count(&stats.ryw_waits),
+        "own_write_waits {}, own_write_overdue {timeouts}, CacheLagging events {}",
+        count(&stats.own_write_waits),
         lagging.len()
     );
     assert!(
@@ -222,7 +222,7 @@ async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
     // the Deployment the first reconcile writes.
     let hold = proxy.add(Rule::new(Action::HoldEvents).path("/deployments").watches());
     let stats = running.stats();
-    assert_eq!(count(&stats.ryw_waits), 0);
+    assert_eq!(count(&stats.own_write_waits), 0);
 
     let apps = webapps(&client, ns.name());
     apps.create(&PostParams::default(), &webapp("web", 2))
@@ -267,18 +267,18 @@ async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        count(&stats.ryw_waits) >= 1,
+        count(&stats.own_write_waits) >= 1,
         "the wait is counted as a deferral"
     );
     assert!(
-        count(&stats.ryw_timeouts) >= 1,
+        count(&stats.own_write_overdue) >= 1,
         "past the deadline the lag is reported"
     );
     println!(
-        "held {:?}: reconciles {reconciles}, ryw_waits {}, ryw_timeouts {}",
+        "held {:?}: reconciles {reconciles}, own_write_waits {}, own_write_overdue {}",
         held.elapsed(),
-        count(&stats.ryw_waits),
-        count(&stats.ryw_timeouts)
+        count(&stats.own_write_waits),
+        count(&stats.own_write_overdue)
     );
 
     // Released: the cache catches up and the change is reconciled.

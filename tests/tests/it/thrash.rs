@@ -120,7 +120,7 @@ async fn a_plugin_fighting_another_writer_is_detected_reported_and_slowed() {
         Some("src"),
         "on the primary"
     );
-    assert!(Stats::get(&mirror.stats().thrash_fights) >= 1);
+    assert!(Stats::read(&mirror.stats().thrash_fights) >= 1);
     assert!(
         rekon_host::metrics::Metrics::for_host(&host)
             .encode(rekon_host::metrics::Format::Prometheus)

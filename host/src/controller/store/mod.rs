@@ -1,12 +1,12 @@
 //! Shared watches and stores: one watch and one compact store per kind for the whole host
-//! (design invariant 8), however many plugins use the kind.
+//! (docs/design.md, invariant 8), however many plugins use the kind.
 //!
 //! - [`Stores`]: the host's set of stores. [`Stores::ensure`] resolves a kind by
 //!   discovery and starts its one watcher task; it also answers the plugins' cache
 //!   imports as a [`CacheView`].
 //! - [`KindStore`]: every object of one kind, indexed by (namespace, name) and by
 //!   controller owner, with change subscriptions and the read-your-writes check
-//!   ([`KindStore::seen`], [`KindStore::wait_seen`], invariant 4).
+//!   ([`KindStore::seen`], [`KindStore::wait_seen`], docs/design.md invariant 4).
 //! - [`Stored`]: one object, held once as compact JSON without `metadata.managedFields`.
 //!
 //! # Watch errors and `410 Gone`
@@ -201,7 +201,7 @@ impl Stores {
         kinds
     }
 
-    /// How many watches have been opened (one per ensured kind; invariant 8).
+    /// How many watches have been opened (one per ensured kind; docs/design.md, invariant 8).
     pub fn watch_count(&self) -> u64 {
         self.inner.watches.load(Ordering::Relaxed)
     }
