@@ -19,14 +19,14 @@
 
 use arbitrary::Arbitrary;
 use kube::core::DynamicObject;
-use rekon_host::write::owner::{self, Scope};
-use rekon_host::write::{self, Snapshot, check, status};
 use rekon_host::contract::{
     Condition, ConditionStatus, Event, EventType, Gvk, Metadata, Mutation, Output, Target, kind_of,
     meta,
 };
 use rekon_host::sandbox::{Limits, RawMutation, RawOutput};
 use rekon_host::testing::case;
+use rekon_host::write::owner::{self, Scope};
+use rekon_host::write::{self, Snapshot, check, status};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
@@ -545,16 +545,24 @@ pub fn prepare_writes(out: &Output, primary: &Value) {
         .filter(|rv| !rv.is_empty());
         match m {
             Mutation::Apply(_) | Mutation::Create(_) => {
-                assert_eq!(p.resource_version, None, "a create carries no resourceVersion");
+                assert_eq!(
+                    p.resource_version, None,
+                    "a create carries no resourceVersion"
+                );
                 let body = p.body.clone().unwrap_or_default();
                 assert!(body["metadata"].get("resourceVersion").is_none());
                 let _ = serde_json::from_value::<DynamicObject>(body);
             }
             _ => {
-                let expected =
-                    named.or_else(|| seen.map(|s| s.resource_version.clone()).filter(|rv| !rv.is_empty()));
+                let expected = named.or_else(|| {
+                    seen.map(|s| s.resource_version.clone())
+                        .filter(|rv| !rv.is_empty())
+                });
                 assert!(expected.is_some(), "prepared without a precondition: {p:?}");
-                assert_eq!(p.resource_version, expected, "the precondition is the one seen or named");
+                assert_eq!(
+                    p.resource_version, expected,
+                    "the precondition is the one seen or named"
+                );
                 if matches!(m, Mutation::MergePatch { .. } | Mutation::Delete(_))
                     && let Some(s) = seen.filter(|s| !s.uid.is_empty())
                 {

@@ -21,7 +21,9 @@ pub struct Rule {
 }
 
 const READ: &[&str] = &["get", "list", "watch"];
-const WRITE: &[&str] = &["create", "update", "patch", "delete"];
+/// Writes, and `get`: before an apply of an object the plugin did not see, the host reads
+/// it to find out whether it exists and who controls it (consent).
+const WRITE: &[&str] = &["create", "get", "update", "patch", "delete"];
 
 /// The plural resource name Kubernetes derives from a kind.
 pub fn plural(kind: &str) -> String {
