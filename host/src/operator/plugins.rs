@@ -19,7 +19,7 @@ use super::dir::{self, Files, Scan};
 use crate::contract::{Event, EventType, Metadata};
 use crate::controller::{Host, PluginOptions};
 use crate::metrics::Metrics;
-use crate::plugin::Loader;
+use crate::plugin::{Loaded, Loader};
 use crate::write::events::Recorder;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -72,6 +72,24 @@ struct Active {
     digest: String,
     config: PluginConfig,
     metadata: Metadata,
+}
+
+/// Why a plugin's files were refused, in one line, and when to try them again.
+struct Refusal {
+    reason: String,
+    /// `Some`: the plugin passed its checks but did not start; retried at this time.
+    /// `None`: tried again only when its files change.
+    retry_at: Option<Instant>,
+}
+
+impl Refusal {
+    /// A refusal that stands until the files change.
+    fn for_good(reason: String) -> Self {
+        Self {
+            reason,
+            retry_at: None,
+        }
+    }
 }
 
 struct Failed {
@@ -193,25 +211,14 @@ impl PluginSet {
 
     /// Loads `files` and starts or swaps the plugin. `None` when nothing changed.
     async fn load_and_start(&mut self, stem: &str, files: Files) -> Option<Transition> {
-        let config = match &files.config {
-            Some((path, _)) => match PluginConfig::read(path) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.metrics.plugin_refused_because("config");
-                    return Some(self.refuse(stem, files, e.to_string(), None).await);
-                }
-            },
-            None => PluginConfig::default(),
+        let config = match self.read_config(&files) {
+            Ok(c) => c,
+            Err(refusal) => return Some(self.refuse(stem, files, refusal).await),
         };
-        let bytes = match std::fs::read(&files.wasm) {
-            Ok(b) => b,
-            Err(e) => {
-                self.metrics.plugin_refused_because("read");
-                let reason = format!("cannot read {}: {e}", files.wasm.display());
-                return Some(self.refuse(stem, files, reason, None).await);
-            }
+        let (bytes, digest) = match self.read_wasm(&files) {
+            Ok(read) => read,
+            Err(refusal) => return Some(self.refuse(stem, files, refusal).await),
         };
-        let digest = hex::encode(Sha256::digest(&bytes));
         if let Some(a) = self.active.get_mut(stem)
             && a.digest == digest
             && a.config == config
@@ -219,6 +226,58 @@ impl PluginSet {
             a.files = files; // touched, not changed
             return None;
         }
+        let loaded = match self.load(&files, bytes, &config).await {
+            Ok(l) => l,
+            Err(refusal) => return Some(self.refuse(stem, files, refusal).await),
+        };
+        let plugin = loaded.name().to_owned();
+        let metadata = (*loaded.metadata).clone();
+        let change = match self
+            .start_or_swap(stem, &files, loaded, &plugin, &metadata, &config)
+            .await
+        {
+            Ok(c) => c,
+            Err(refusal) => return Some(self.refuse(stem, files, refusal).await),
+        };
+        let active = Active {
+            plugin,
+            files,
+            digest,
+            config,
+            metadata,
+        };
+        self.record_active(stem, active, &change).await;
+        Some(change)
+    }
+
+    /// The plugin's `NAME.yaml`, or the defaults when there is none.
+    fn read_config(&self, files: &Files) -> Result<PluginConfig, Refusal> {
+        match &files.config {
+            Some((path, _)) => PluginConfig::read(path).map_err(|e| {
+                self.metrics.plugin_refused_because("config");
+                Refusal::for_good(e.to_string())
+            }),
+            None => Ok(PluginConfig::default()),
+        }
+    }
+
+    /// The bytes of the `.wasm` file and their sha256, in hex.
+    fn read_wasm(&self, files: &Files) -> Result<(Vec<u8>, String), Refusal> {
+        let bytes = std::fs::read(&files.wasm).map_err(|e| {
+            self.metrics.plugin_refused_because("read");
+            Refusal::for_good(format!("cannot read {}: {e}", files.wasm.display()))
+        })?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        Ok((bytes, digest))
+    }
+
+    /// Loads and checks the plugin (on a blocking thread), with the limits of its config.
+    async fn load(
+        &self,
+        files: &Files,
+        bytes: Vec<u8>,
+        config: &PluginConfig,
+    ) -> Result<Loaded, Refusal> {
         let loader = self.loader.clone();
         let loaded = tokio::task::spawn_blocking(move || loader.load_bytes(&bytes)).await;
         let mut loaded = match loaded {
@@ -226,19 +285,33 @@ impl PluginSet {
             Ok(Err(e)) => {
                 self.metrics.plugin_refused(&e);
                 let reason = format!("{}: {e}", files.wasm.display());
-                return Some(self.refuse(stem, files, reason, None).await);
+                return Err(Refusal::for_good(reason));
             }
             Err(e) => {
                 self.metrics.plugin_refused_because("panic");
                 let reason = format!("{}: loading panicked: {e}", files.wasm.display());
-                return Some(self.refuse(stem, files, reason, None).await);
+                return Err(Refusal::for_good(reason));
             }
         };
         self.metrics.plugin_loaded(loaded.origin);
         loaded.source = Some(files.wasm.clone());
         loaded.limits = config.limits(&loaded.limits);
-        let plugin = loaded.name().to_owned();
-        let metadata = (*loaded.metadata).clone();
+        Ok(loaded)
+    }
+
+    /// Runs `loaded` as `plugin`: swapped into its running controller in place when the
+    /// declaration and config are unchanged, otherwise in a new controller that, once
+    /// ready, replaces the running one (if any). A failure to start leaves the running
+    /// one in place and is retried after `retry`.
+    async fn start_or_swap(
+        &mut self,
+        stem: &str,
+        files: &Files,
+        loaded: Loaded,
+        plugin: &str,
+        metadata: &Metadata,
+        config: &PluginConfig,
+    ) -> Result<Transition, Refusal> {
         let options = PluginOptions {
             namespaces: config.namespaces.clone(),
             resync: config.resync,
@@ -248,13 +321,13 @@ impl PluginSet {
         };
 
         let in_place = self.active.get(stem).is_some_and(|r| {
-            r.plugin == plugin && same_declaration(&r.metadata, &metadata) && r.config == config
+            r.plugin == plugin && same_declaration(&r.metadata, metadata) && r.config == *config
         });
-        let change = match self.host.get(&plugin).filter(|_| in_place) {
+        let change = match self.host.get(plugin).filter(|_| in_place) {
             Some(running) => {
                 running.replace_plugin(loaded);
                 Transition::Replaced {
-                    plugin: plugin.clone(),
+                    plugin: plugin.to_owned(),
                     restarted: false,
                 }
             }
@@ -274,9 +347,10 @@ impl PluginSet {
                     Ok(p) => p,
                     Err(e) => {
                         self.metrics.plugin_start_failed(&e);
-                        let reason = format!("{}: {e}", files.wasm.display());
-                        let retry_at = Some(Instant::now() + self.retry);
-                        return Some(self.refuse(stem, files, reason, retry_at).await);
+                        return Err(Refusal {
+                            reason: format!("{}: {e}", files.wasm.display()),
+                            retry_at: Some(Instant::now() + self.retry),
+                        });
                     }
                 };
                 let old = self.active.remove(stem);
@@ -286,44 +360,41 @@ impl PluginSet {
                 self.host.launch(prepared).await;
                 match old {
                     Some(_) => Transition::Replaced {
-                        plugin: plugin.clone(),
+                        plugin: plugin.to_owned(),
                         restarted: true,
                     },
                     None => Transition::Started {
-                        plugin: plugin.clone(),
+                        plugin: plugin.to_owned(),
                     },
                 }
             }
         };
-        let (reason, how) = match &change {
+        Ok(change)
+    }
+
+    /// Logs and reports `change`, and records `active` as what runs for `stem`.
+    async fn record_active(&mut self, stem: &str, active: Active, change: &Transition) {
+        let (reason, how) = match change {
             Transition::Started { .. } => ("PluginStarted", ""),
             Transition::Replaced {
                 restarted: true, ..
             } => ("PluginReplaced", ", controller restarted"),
             _ => ("PluginReplaced", ", in place"),
         };
-        let note = format!("{plugin} {} ({}){how}", metadata.version, &digest[..12]);
-        tracing::info!(file = %files.wasm.display(), "{reason}: {note}");
+        let note = format!(
+            "{} {} ({}){how}",
+            active.plugin,
+            active.metadata.version,
+            &active.digest[..12]
+        );
+        tracing::info!(file = %active.files.wasm.display(), "{reason}: {note}");
         self.report(stem, EventType::Normal, reason, note).await;
-        let active = Active {
-            plugin,
-            files,
-            digest,
-            config,
-            metadata,
-        };
         self.active.insert(stem.to_owned(), active);
         self.failed.remove(stem);
-        Some(change)
     }
 
-    async fn refuse(
-        &mut self,
-        stem: &str,
-        files: Files,
-        reason: String,
-        retry_at: Option<Instant>,
-    ) -> Transition {
+    async fn refuse(&mut self, stem: &str, files: Files, refusal: Refusal) -> Transition {
+        let Refusal { reason, retry_at } = refusal;
         let kept = self.active.get(stem).map(|a| a.plugin.clone());
         tracing::error!(file = %files.wasm.display(), kept_running = ?kept, reason = %reason, "plugin refused");
         let note = match &kept {

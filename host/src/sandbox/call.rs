@@ -3,12 +3,31 @@
 
 use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
+use super::engine::Sandbox;
+use super::error::{Error, boxed};
+use super::limits::Limits;
 use super::log::LogLine;
-use super::state::{HostState, MemoryCapExceeded};
-use super::{CacheGrant, Clock, Error, Limits, Sandbox, boxed};
+use super::state::{CacheGrant, Clock, HostState, MemoryCapExceeded};
 use crate::contract::{Export, GuestError, Gvk, Metadata, ObjectKey, Request};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
+use wasmtime::component::Component;
+
+impl Sandbox {
+    /// Pre-instantiates a compiled component against the host's linker.
+    ///
+    /// # Errors
+    /// The linker's error when the component imports something the host does not
+    /// provide, or lacks the exports of the `plugin` world.
+    pub fn prepare(
+        &self,
+        component: &Component,
+    ) -> Result<PluginPre, Box<dyn std::error::Error + Send + Sync>> {
+        let pre = self.linker().instantiate_pre(component).map_err(boxed)?;
+        let pre = BindingsPre::new(pre).map_err(boxed)?;
+        Ok(PluginPre::new(self.clone(), pre))
+    }
+}
 
 /// The outcome of one call, with what the plugin logged during it.
 #[derive(Debug)]

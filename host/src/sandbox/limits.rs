@@ -1,0 +1,30 @@
+//! The limits one call into a plugin runs under.
+
+use std::time::Duration;
+
+/// Per-plugin, per-call limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on the guest's linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Wall time one call may take.
+    pub time_budget: Duration,
+    /// Cap on the size of one call's output (all objects and patches together).
+    pub output_bytes: usize,
+    /// Cap on one object in the output.
+    pub object_bytes: usize,
+    /// Cap on captured stdout/stderr and log text per call.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            time_budget: Duration::from_secs(2),
+            output_bytes: 8 << 20,
+            object_bytes: 1 << 20,
+            log_bytes: 64 << 10,
+        }
+    }
+}
