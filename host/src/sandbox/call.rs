@@ -3,6 +3,7 @@
 
 use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
+use super::imports::ListRefused;
 use super::log::LogLine;
 use super::state::{HostState, MemoryCapExceeded};
 use super::{Clock, Error, Limits, Sandbox, Scope, boxed};
@@ -157,6 +158,12 @@ fn classify(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Error {
         return Error::OutOfMemory {
             limit: cap.cap,
             asked: cap.asked,
+        };
+    }
+    if let Some(ListRefused { kind, refused }) = e.downcast_ref::<ListRefused>() {
+        return Error::ListTooLarge {
+            kind: kind.clone(),
+            refused: *refused,
         };
     }
     match e.downcast_ref::<wasmtime::Trap>() {

@@ -23,7 +23,9 @@ mod state;
 pub use call::{Call, Phases, PluginPre};
 pub use convert::{RawMutation, RawOutput};
 pub use log::LogLine;
-pub use state::{CacheView, Clock, HostState, NoCache, Scope};
+pub use state::{
+    CacheView, Clock, HostState, LIST_ENTRY_BYTES, ListBudget, NoCache, Scope, TooLarge,
+};
 
 use bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 
@@ -125,6 +127,19 @@ pub enum Error {
         /// The size it asked for.
         asked: usize,
     },
+    /// The guest asked the cache for a list whose result would not fit its memory cap; the
+    /// host refused it before copying any object, and the call was stopped.
+    #[error(
+        "listed {kind}: {} objects match, the first {} already take {} bytes, more than its \
+         memory cap of {} bytes; narrow the query with a namespace or a label selector",
+        refused.matched, refused.counted, refused.bytes, refused.max_bytes
+    )]
+    ListTooLarge {
+        /// The kind listed.
+        kind: String,
+        /// The counts and the cap.
+        refused: TooLarge,
+    },
     /// The guest overflowed its stack.
     #[error("overflowed its stack")]
     StackOverflow,
@@ -155,6 +170,7 @@ impl Error {
         match self {
             Error::Timeout { .. } => "timeout",
             Error::OutOfMemory { .. } => "out_of_memory",
+            Error::ListTooLarge { .. } => "list_too_large",
             Error::StackOverflow => "stack_overflow",
             Error::Trapped { .. } => "trap",
             Error::Instantiate { .. } => "instantiate",
