@@ -108,6 +108,7 @@ fn rekon_check_prints_the_webapp_declaration_and_permissions() {
     );
     assert!(stdout.contains("deployments"), "{stdout}");
     assert!(stdout.contains("webapps/status"), "{stdout}");
+    assert!(stdout.contains("16 events, 32 conditions"), "{stdout}");
 }
 
 #[test]
