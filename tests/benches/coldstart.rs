@@ -13,15 +13,19 @@
 //! so these 100 share five names: fine for the loader, which does not look at names).
 //!
 //! Modes (`sandbox::Config`):
-//! - `before`: what the host did before compiles were bounded (no turn, no trim,
-//!   Cranelift's parallel compilation on);
-//! - `trim`: one compile at a time and `malloc_trim` after it, parallel compilation on;
-//! - `serial`: parallel compilation off, no turn, no trim;
-//! - `after`: the defaults (one at a time, trimmed, parallel compilation off).
+//! - `before`: what the host did before compiles were bounded (compiled in the host's
+//!   engine, whose compiler keeps its state; no turn, no trim; Cranelift's parallel
+//!   compilation on);
+//! - `trim`: bounded (one at a time, in a short-lived engine, `malloc_trim` after it),
+//!   parallel compilation on;
+//! - `serial`: unbounded, parallel compilation off;
+//! - `after`: the defaults (bounded, parallel compilation off).
 //!
 //! `COLDSTART_COUNTS` (default `5,100`) and `COLDSTART_MODES` (default all four) pick the
-//! scenarios. Run: `cargo bench -p rekon-tests --bench coldstart` (prints figures; asserts
-//! nothing).
+//! scenarios; `COLDSTART_VERBOSE=1` prints RSS after each plugin; `COLDSTART_POOLING=0`
+//! uses the on-demand allocator.
+//!
+//! Run: `cargo bench -p rekon-tests --bench coldstart` (prints figures; asserts nothing).
 
 #[path = "shared/procfs.rs"]
 #[allow(dead_code)] // `cpu_ms` serves the converge and sustain benches
@@ -134,21 +138,6 @@ fn child(mode: &str, count: usize) {
         procfs::status_kib("self", "VmRSS:"),
     );
     drop(loaded);
-    if std::env::var_os("COLDSTART_VERBOSE").is_some() {
-        eprintln!(
-            "plugins dropped: rss {} KiB",
-            procfs::status_kib("self", "VmRSS:")
-        );
-        drop(loader);
-        eprintln!(
-            "engine dropped: rss {} KiB",
-            procfs::status_kib("self", "VmRSS:")
-        );
-        let _ = Sandbox::new(config(mode))
-            .expect("the sandbox starts")
-            .compiling();
-        eprintln!("trimmed: rss {} KiB", procfs::status_kib("self", "VmRSS:"));
-    }
 }
 
 fn main() {

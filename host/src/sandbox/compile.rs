@@ -22,7 +22,7 @@ pub struct Compiling {
 
 enum Compiler {
     /// A short-lived engine of this configuration per compile; trimmed after.
-    Bounded(wasmtime::Config),
+    Bounded(Box<wasmtime::Config>),
     /// The host's engine, whose compiler keeps its state (the unbounded way).
     Host(wasmtime::Engine),
 }
@@ -37,7 +37,7 @@ impl Compiling {
         Self {
             // The lock guards no data, so a compile that panicked leaves nothing to repair.
             _turn: Some(TURN.lock().unwrap_or_else(PoisonError::into_inner)),
-            compiler: Compiler::Bounded(config),
+            compiler: Compiler::Bounded(Box::new(config)),
         }
     }
 
