@@ -85,12 +85,15 @@ fn render(p: &Loaded, took: std::time::Duration) -> String {
     let l = &p.limits;
     let _ = writeln!(
         out,
-        "limits     memory {} MiB, {:?} per call, output {} MiB, object {} KiB, log {} KiB",
+        "limits     memory {} MiB, {:?} per call, output {} MiB, object {} KiB, log {} KiB, \
+         {} events, {} conditions",
         l.memory_bytes >> 20,
         l.time_budget,
         l.output_bytes >> 20,
         l.object_bytes >> 10,
-        l.log_bytes >> 10
+        l.log_bytes >> 10,
+        l.max_events,
+        l.max_conditions
     );
     out
 }

@@ -10,6 +10,8 @@
 //!   outputBytes: 4Mi
 //!   objectBytes: 1Mi
 //!   logBytes: 64Ki
+//!   events: 16                   # events per output
+//!   conditions: 32               # status conditions per output
 //! settings:                      # any JSON-like value, handed to the plugin with each call
 //!   replicasFloor: 2
 //! adopt: [v1/Service]            # consent: applies may take over existing objects of these kinds
@@ -69,6 +71,12 @@ pub struct LimitsConfig {
     /// Cap on captured log text per call.
     #[serde(default, deserialize_with = "de_bytes")]
     pub log_bytes: Option<usize>,
+    /// Cap on the events in one output.
+    #[serde(default)]
+    pub events: Option<usize>,
+    /// Cap on the status conditions in one output.
+    #[serde(default)]
+    pub conditions: Option<usize>,
 }
 
 /// A config file that cannot be used.
@@ -135,6 +143,8 @@ impl PluginConfig {
             output_bytes: l.output_bytes.unwrap_or(defaults.output_bytes),
             object_bytes: l.object_bytes.unwrap_or(defaults.object_bytes),
             log_bytes: l.log_bytes.unwrap_or(defaults.log_bytes),
+            max_events: l.events.unwrap_or(defaults.max_events),
+            max_conditions: l.conditions.unwrap_or(defaults.max_conditions),
         }
     }
 
@@ -253,7 +263,8 @@ mod tests {
     fn a_full_file_parses() {
         let c = PluginConfig::parse(
             "namespaces: [a, b]\nresync: 5m\nconcurrency: 8\nlimits:\n  memory: 128Mi\n  \
-             timeBudget: 500ms\n  outputBytes: 4194304\nsettings:\n  floor: 2\n",
+             timeBudget: 500ms\n  outputBytes: 4194304\n  events: 4\n  conditions: 8\n\
+             settings:\n  floor: 2\n",
         )
         .unwrap();
         assert_eq!(c.namespaces, Some(vec!["a".into(), "b".into()]));
@@ -264,6 +275,7 @@ mod tests {
         assert_eq!(l.time_budget, Duration::from_millis(500));
         assert_eq!(l.output_bytes, 4 << 20);
         assert_eq!(l.object_bytes, Limits::default().object_bytes);
+        assert_eq!((l.max_events, l.max_conditions), (4, 8));
         assert_eq!(c.settings_json(), r#"{"floor":2}"#);
     }
 
@@ -283,6 +295,8 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = PluginConfig::parse("limits:\n  cpu: 1\n").unwrap_err();
         assert!(e.contains("unknown field `cpu`"), "{e}");
+        let e = PluginConfig::parse("limits:\n  maxEvents: 1\n").unwrap_err();
+        assert!(e.contains("unknown field `maxEvents`"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! deserialized from memory as before.
 
 use super::Error;
+use crate::sandbox::Sandbox;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -52,41 +53,61 @@ impl Artifacts {
     /// # Errors
     /// [`Error::Compile`] when wasmtime rejects the component. A cache that cannot be
     /// read or written is logged and bypassed, never fatal.
+    ///
+    /// # Guarantees
+    /// Compiles under the sandbox's [`compiling`](Sandbox::compiling) guard: one compile
+    /// at a time in the process, its freed memory returned after it, and only the mapped
+    /// artifact kept.
     pub fn component(
         &self,
-        engine: &wasmtime::Engine,
+        sandbox: &Sandbox,
         bytes: &[u8],
         digest: &str,
     ) -> Result<(Component, Origin), Error> {
+        let engine = sandbox.engine();
         let Some(dir) = &self.dir else {
-            return Ok((compile(engine, bytes)?, Origin::Compiled));
+            let turn = sandbox.compiling();
+            let artifact = turn.precompile(bytes).map_err(compile_error)?;
+            drop(turn);
+            return Ok((
+                deserialize(engine, &artifact).map_err(compile_error)?,
+                Origin::Compiled,
+            ));
         };
         let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_key(engine)));
         if let Some(component) = read_cached(engine, &path) {
             return Ok((component, Origin::Cached));
         }
-        let component = compile(engine, bytes)?;
-        let artifact = match component.serialize() {
-            Ok(artifact) => artifact,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "could not serialise compiled plugin");
-                return Ok((component, Origin::Compiled));
-            }
-        };
+        let turn = sandbox.compiling();
+        // Whoever held the turn before may have compiled these very bytes.
+        if let Some(component) = read_cached(engine, &path) {
+            return Ok((component, Origin::Cached));
+        }
+        let artifact = turn.precompile(bytes).map_err(compile_error)?;
+        drop(turn);
         if let Err(e) = write_cached(&artifact, &path) {
             tracing::warn!(path = %path.display(), error = %e, "could not cache compiled plugin");
         }
-        // Run the mapped artifact rather than the freshly compiled copy on the heap, so a
-        // plugin costs as little memory after its first start as after a restart.
-        let component = load(engine, dir, artifact).unwrap_or(component);
-        Ok((component, Origin::Compiled))
+        // Run the mapped artifact, never a compiled copy on the heap, so a plugin costs as
+        // little memory after its first start as after a restart.
+        match load(engine, dir, artifact) {
+            Ok(component) => Ok((component, Origin::Compiled)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "compiled plugin refused by the engine; compiling it in place");
+                Ok((compile(engine, bytes)?, Origin::Compiled))
+            }
+        }
     }
 }
 
 fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, Error> {
-    Component::new(engine, bytes).map_err(|e| Error::Compile {
+    Component::new(engine, bytes).map_err(compile_error)
+}
+
+fn compile_error(e: wasmtime::Error) -> Error {
+    Error::Compile {
         source: crate::sandbox::boxed(e),
-    })
+    }
 }
 
 fn engine_key(engine: &wasmtime::Engine) -> u64 {
@@ -135,7 +156,8 @@ fn load(engine: &wasmtime::Engine, dir: &Path, artifact: Vec<u8>) -> wasmtime::R
     reason = "wasmtime requires unsafe to load precompiled code"
 )]
 fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `artifact` was produced by `Component::serialize` of this host: just now, or
+    // SAFETY: `artifact` was produced by this host's compiler (`Compiling::precompile`,
+    // an engine of this engine's configuration): just now, or
     // read back from the cache under a key that includes the engine's compatibility hash
     // after its sha256 was checked against the checksum written beside it; wasmtime
     // additionally verifies the engine configuration embedded in the artifact.
@@ -210,9 +232,19 @@ mod tests {
         wasmtime::Engine::new(&config).unwrap()
     }
 
-    fn origin(artifacts: &Artifacts, engine: &wasmtime::Engine) -> Origin {
+    /// A sandbox whose engine generates different code with and plain inlining.
+    fn sandbox(inlining: bool) -> Sandbox {
+        Sandbox::new(crate::sandbox::Config {
+            inlining,
+            pooling: false,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn origin(artifacts: &Artifacts, sandbox: &Sandbox) -> Origin {
         artifacts
-            .component(engine, EMPTY_COMPONENT, "digest")
+            .component(sandbox, EMPTY_COMPONENT, "digest")
             .unwrap()
             .1
     }
@@ -227,12 +259,17 @@ mod tests {
     fn artifacts_of_two_engine_configurations_are_cached_side_by_side() {
         let dir = tempfile::tempdir().unwrap();
         let artifacts = Artifacts::in_dir(dir.path());
-        let (with_epochs, without) = (engine(true), engine(false));
-        assert_eq!(origin(&artifacts, &with_epochs), Origin::Compiled);
-        assert_eq!(origin(&artifacts, &without), Origin::Compiled);
+        let (inlined, plain) = (sandbox(true), sandbox(false));
+        assert_ne!(
+            engine_key(inlined.engine()),
+            engine_key(plain.engine()),
+            "inlining changes the generated code"
+        );
+        assert_eq!(origin(&artifacts, &inlined), Origin::Compiled);
+        assert_eq!(origin(&artifacts, &plain), Origin::Compiled);
         // Neither replaced the other: same component bytes, two keys.
-        assert_eq!(origin(&artifacts, &with_epochs), Origin::Cached);
-        assert_eq!(origin(&artifacts, &without), Origin::Cached);
+        assert_eq!(origin(&artifacts, &inlined), Origin::Cached);
+        assert_eq!(origin(&artifacts, &plain), Origin::Cached);
         let cached = std::fs::read_dir(dir.path())
             .unwrap()
             .filter(|e| {

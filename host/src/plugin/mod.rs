@@ -209,7 +209,7 @@ impl Loader {
         sniff(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let engine = self.sandbox.engine();
-        let (component, origin) = self.artifacts.component(engine, bytes, &digest)?;
+        let (component, origin) = self.artifacts.component(&self.sandbox, bytes, &digest)?;
         let wit_version = policy::check(engine, &component)?;
         let pre = self
             .sandbox

@@ -4,6 +4,9 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    // `list` may stop the call: a result that cannot fit the guest's memory cap is refused
+    // before it is built (the contract's `cache-error` has no case for it).
+    imports: { "rekon:plugin/host.list": trappable },
 });
 
 pub use rekon::plugin::host;

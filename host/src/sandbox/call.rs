@@ -5,6 +5,7 @@ use super::bindings::{Plugin as Bindings, PluginPre as BindingsPre};
 use super::convert::{self, RawOutput};
 use super::engine::Sandbox;
 use super::error::{Error, boxed};
+use super::imports::ListRefused;
 use super::limits::Limits;
 use super::log::LogLine;
 use super::state::{CacheGrant, Clock, HostState, MemoryCapExceeded};
@@ -176,6 +177,12 @@ fn classify(e: wasmtime::Error, state: &HostState, limits: &Limits) -> Error {
         return Error::OutOfMemory {
             limit: cap.cap,
             asked: cap.asked,
+        };
+    }
+    if let Some(ListRefused { kind, refused }) = e.downcast_ref::<ListRefused>() {
+        return Error::ListTooLarge {
+            kind: kind.clone(),
+            refused: *refused,
         };
     }
     match e.downcast_ref::<wasmtime::Trap>() {

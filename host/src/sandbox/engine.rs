@@ -39,6 +39,14 @@ pub struct Config {
     pub inlining: bool,
     /// Write `/tmp/perf-PID.map` so `perf` can name compiled guest functions (profiling).
     pub perf_map: bool,
+    /// Compile one plugin at a time in the process, in a compiler dropped after it, and
+    /// return the freed memory to the OS ([`Sandbox::compiling`]). On by default; off
+    /// only to measure what it saves.
+    pub bounded_compile: bool,
+    /// Let Cranelift compile a plugin's functions on several threads. Faster on an idle
+    /// machine, but each thread holds its own compiler state and its own allocator arena,
+    /// which raises the peak memory of a cold start (BENCHMARKS.md, "Cold start memory").
+    pub parallel_compilation: bool,
 }
 
 impl Default for Config {
@@ -53,6 +61,8 @@ impl Default for Config {
             pagemap_scan: true,
             inlining: false,
             perf_map: false,
+            bounded_compile: true,
+            parallel_compilation: false,
         }
     }
 }
@@ -79,6 +89,9 @@ pub struct Sandbox {
 
 struct Inner {
     engine: wasmtime::Engine,
+    // The engine's configuration without its pooling allocator: what bounded compiles
+    // build their short-lived engines from (the allocator does not change the code).
+    compile_config: wasmtime::Config,
     linker: Linker<HostState>,
     config: Config,
     // Dropping the sender stops the epoch ticker.
@@ -95,13 +108,15 @@ impl Sandbox {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack);
+            .max_wasm_stack(config.max_wasm_stack)
+            .parallel_compilation(config.parallel_compilation);
         if config.inlining {
             wasm.compiler_inlining(wasmtime::Inlining::Yes);
         }
         if config.perf_map {
             wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
+        let compile_config = wasm.clone();
         if config.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             let n = config.pool_instances;
@@ -142,6 +157,7 @@ impl Sandbox {
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
+                compile_config,
                 linker,
                 config,
                 _ticker: tx,
@@ -157,6 +173,24 @@ impl Sandbox {
     /// The engine configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Takes this process's turn to compile a component: hold the returned guard while
+    /// compiling and while the compiler's output is still on the heap.
+    ///
+    /// # Guarantees
+    /// With [`Config::bounded_compile`] (the default), at most one guard is alive in the
+    /// process at a time (others wait); each [`Compiling::precompile`] runs in its own
+    /// short-lived engine, so no compiler state outlives it; dropping the guard returns
+    /// freed heap memory to the OS (glibc's `malloc_trim`; a no-op with other allocators).
+    ///
+    /// [`Compiling::precompile`]: super::Compiling::precompile
+    pub fn compiling(&self) -> super::Compiling {
+        if self.inner.config.bounded_compile {
+            super::Compiling::bounded(self.inner.compile_config.clone())
+        } else {
+            super::Compiling::unbounded(self.inner.engine.clone())
+        }
     }
 
     /// The linker every plugin is pre-instantiated against (by [`Sandbox::prepare`]).

@@ -20,6 +20,19 @@ pub enum Error {
         /// The size it asked for.
         asked: usize,
     },
+    /// The guest asked the cache for a list whose result would not fit its memory cap; the
+    /// host refused it before copying any object, and the call was stopped.
+    #[error(
+        "listed {kind}: {} objects match, the first {} already take {} bytes, more than its \
+         memory cap of {} bytes; narrow the query with a namespace or a label selector",
+        refused.matched, refused.counted, refused.bytes, refused.max_bytes
+    )]
+    ListTooLarge {
+        /// The kind listed.
+        kind: String,
+        /// The counts and the cap.
+        refused: super::state::TooLarge,
+    },
     /// The guest overflowed its stack.
     #[error("overflowed its stack")]
     StackOverflow,
@@ -50,6 +63,7 @@ impl Error {
         match self {
             Error::Timeout { .. } => "timeout",
             Error::OutOfMemory { .. } => "out_of_memory",
+            Error::ListTooLarge { .. } => "list_too_large",
             Error::StackOverflow => "stack_overflow",
             Error::Trapped { .. } => "trap",
             Error::Instantiate { .. } => "instantiate",

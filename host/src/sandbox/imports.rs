@@ -10,6 +10,15 @@ use crate::selector::Selector;
 
 impl types::Host for HostState {}
 
+/// The trap a refused `list` stops the call with; the call reports it as
+/// [`super::Error::ListTooLarge`].
+#[derive(Debug, thiserror::Error)]
+#[error("listing {kind} refused: {refused}")]
+pub(super) struct ListRefused {
+    pub(super) kind: String,
+    pub(super) refused: super::TooLarge,
+}
+
 fn gvk(kind: &WitGvk) -> Gvk {
     Gvk::new(&kind.group, &kind.version, &kind.kind)
 }
@@ -63,13 +72,31 @@ impl host::Host for HostState {
         kind: WitGvk,
         namespace: Option<String>,
         label_selector: Option<String>,
-    ) -> Result<Vec<String>, CacheError> {
-        let (kind, scope) = self.readable(&kind)?;
+    ) -> wasmtime::Result<Result<Vec<String>, CacheError>> {
+        let (kind, scope) = match self.readable(&kind) {
+            Ok(found) => found,
+            Err(e) => return Ok(Err(e)),
+        };
         let selector = match label_selector.as_deref() {
-            Some(s) => Selector::parse(s).map_err(|e| CacheError::BadSelector(e.to_string()))?,
+            Some(s) => match Selector::parse(s) {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(CacheError::BadSelector(e.to_string()))),
+            },
             None => Selector::default(),
         };
-        Ok(scope.cache.list(&kind, namespace.as_deref(), &selector))
+        // A result past the memory cap could never be copied into the guest; refuse it
+        // before the host builds it.
+        let max_bytes = self.limiter.cap();
+        match scope
+            .cache
+            .list_within(&kind, namespace.as_deref(), &selector, max_bytes)
+        {
+            Ok(objects) => Ok(Ok(objects)),
+            Err(refused) => Err(wasmtime::Error::new(ListRefused {
+                kind: kind.to_string(),
+                refused,
+            })),
+        }
     }
 
     fn now_ms(&mut self) -> i64 {

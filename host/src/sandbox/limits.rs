@@ -15,6 +15,10 @@ pub struct Limits {
     pub object_bytes: usize,
     /// Cap on captured stdout/stderr and log text per call.
     pub log_bytes: usize,
+    /// Cap on the events in one output (each is an API call of its own).
+    pub max_events: usize,
+    /// Cap on the status conditions in one output.
+    pub max_conditions: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +29,8 @@ impl Default for Limits {
             output_bytes: 8 << 20,
             object_bytes: 1 << 20,
             log_bytes: 64 << 10,
+            max_events: 16,
+            max_conditions: 32,
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod bindings;
 mod call;
+mod compile;
 mod convert;
 mod engine;
 mod error;
@@ -24,10 +25,13 @@ mod pipe;
 mod state;
 
 pub use call::{Call, Phases, PluginPre};
+pub use compile::Compiling;
 pub use convert::{RawMutation, RawOutput};
 pub use engine::{Config, Sandbox, SetupError};
 pub use error::Error;
 pub(crate) use error::boxed;
 pub use limits::Limits;
 pub use log::LogLine;
-pub use state::{CacheGrant, CacheView, Clock, HostState, NoCache};
+pub use state::{
+    CacheGrant, CacheView, Clock, HostState, LIST_ENTRY_BYTES, ListBudget, NoCache, TooLarge,
+};

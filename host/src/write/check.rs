@@ -72,6 +72,16 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// An output holds more events or conditions than its limit allows.
+    #[error("the output has {count} {what}, over the limit of {limit}")]
+    TooMany {
+        /// `events` or `conditions`.
+        what: &'static str,
+        /// How many the output has.
+        count: usize,
+        /// The limit ([`Limits::max_events`], [`Limits::max_conditions`]).
+        limit: usize,
+    },
     /// An event or condition is unusable.
     #[error("{what}: {reason}")]
     BadRecord {
@@ -91,6 +101,7 @@ impl Error {
             Error::UndeclaredKind { .. } => "undeclared_kind",
             Error::NamespaceOutOfScope { .. } => "namespace_out_of_scope",
             Error::TooLarge { .. } => "too_large",
+            Error::TooMany { .. } => "too_many",
             Error::BadRecord { .. } => "bad_record",
         }
     }
@@ -108,8 +119,9 @@ impl Error {
 /// - merge patches that are JSON objects whose `metadata`, if present, is an object or
 ///   `null`, and targets with an `apiVersion`, `kind` and name, likewise declared and in
 ///   scope;
-/// - events with a reason of 1–128 bytes and a note of at most 1024; conditions with a
-///   type and a reason.
+/// - at most [`Limits::max_events`] events, each with a reason of 1–128 bytes and a note
+///   of at most 1024; at most [`Limits::max_conditions`] conditions, each with a type and
+///   a reason.
 ///
 /// # Errors
 /// The first problem found, as an [`Error`] naming the mutation, event or condition.
@@ -125,6 +137,8 @@ pub fn output(
         scope: Scope::of(&primary),
         limits,
     };
+    count("events", raw.events.len(), limits.max_events)?;
+    count("conditions", raw.conditions.len(), limits.max_conditions)?;
     let total: usize = raw.mutations.iter().map(raw_size).sum();
     if total > limits.output_bytes {
         return Err(Error::TooLarge {
@@ -330,6 +344,13 @@ fn malformed(index: usize, verb: &'static str, reason: &str) -> Error {
     }
 }
 
+fn count(what: &'static str, count: usize, limit: usize) -> Result<(), Error> {
+    if count > limit {
+        return Err(Error::TooMany { what, count, limit });
+    }
+    Ok(())
+}
+
 fn event(i: usize, e: &Event) -> Result<(), Error> {
     let bad = |reason: String| Error::BadRecord {
         what: format!("event {i}"),
@@ -508,6 +529,57 @@ mod tests {
         ] {
             assert!(check(merge_patch(ok)).is_ok(), "{ok}");
         }
+    }
+
+    fn records(events: usize, conditions: usize) -> RawOutput {
+        let event = |i: usize| Event {
+            event_type: crate::contract::EventType::Normal,
+            reason: "Scaled".into(),
+            note: format!("step {i}"),
+        };
+        let condition = |i: usize| Condition {
+            condition_type: format!("Step{i}"),
+            status: crate::contract::ConditionStatus::True,
+            reason: "Done".into(),
+            message: String::new(),
+        };
+        RawOutput {
+            events: (0..events).map(event).collect(),
+            conditions: (0..conditions).map(condition).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_and_conditions_up_to_their_limits_pass() {
+        let limits = Limits::default();
+        let raw = records(limits.max_events, limits.max_conditions);
+        let out = output(raw, &meta(), PRIMARY, &limits).expect("at the limits passes");
+        assert_eq!(out.events.len(), 16);
+        assert_eq!(out.conditions.len(), 32);
+    }
+
+    #[test]
+    fn more_events_than_the_limit_are_refused_naming_count_and_limit() {
+        let limits = Limits {
+            max_events: 3,
+            ..Limits::default()
+        };
+        let err = output(records(4, 0), &meta(), PRIMARY, &limits).unwrap_err();
+        assert_eq!(err.metric_label(), "too_many");
+        assert_eq!(
+            err.to_string(),
+            "the output has 4 events, over the limit of 3"
+        );
+    }
+
+    #[test]
+    fn more_conditions_than_the_limit_are_refused_naming_count_and_limit() {
+        let err = output(records(0, 33), &meta(), PRIMARY, &Limits::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the output has 33 conditions, over the limit of 32"
+        );
     }
 
     #[test]

@@ -112,6 +112,7 @@ fn rekon_check_prints_the_webapp_declaration_and_permissions() {
     );
     assert!(stdout.contains("deployments"), "{stdout}");
     assert!(stdout.contains("webapps/status"), "{stdout}");
+    assert!(stdout.contains("16 events, 32 conditions"), "{stdout}");
 }
 
 #[test]
@@ -241,6 +242,117 @@ fn a_plugin_reading_an_undeclared_kind_is_refused_by_the_cache() {
         notes.contains("v1 Secret is not among the kinds"),
         "{notes}"
     );
+}
+
+/// A cache answering every ConfigMap list with `count` references to one shared object:
+/// a list as large as a cluster's, held in a few KiB. Counts the JSON bytes it copies out.
+struct HugeCache {
+    object: Arc<str>,
+    count: usize,
+    copied: std::sync::atomic::AtomicUsize,
+    unbounded_lists: std::sync::atomic::AtomicUsize,
+}
+
+impl HugeCache {
+    fn new(count: usize, object_bytes: usize) -> Self {
+        let object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "big", "namespace": "default"},
+            "data": {"blob": "x".repeat(object_bytes)},
+        });
+        Self {
+            object: object.to_string().into(),
+            count,
+            copied: Default::default(),
+            unbounded_lists: Default::default(),
+        }
+    }
+
+    fn copy_all(&self) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.copied
+            .fetch_add(self.count * self.object.len(), Relaxed);
+        vec![self.object.to_string(); self.count]
+    }
+}
+
+impl sandbox::CacheView for HugeCache {
+    fn get(&self, _: &rekon_host::contract::Gvk, _: Option<&str>, _: &str) -> Option<String> {
+        None
+    }
+    fn list(
+        &self,
+        _: &rekon_host::contract::Gvk,
+        _: Option<&str>,
+        _: &rekon_host::selector::Selector,
+    ) -> Vec<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unbounded_lists.fetch_add(1, Relaxed);
+        self.copy_all()
+    }
+    // As the controller's stores do: count first, copy only what fits.
+    fn list_within(
+        &self,
+        _: &rekon_host::contract::Gvk,
+        _: Option<&str>,
+        _: &rekon_host::selector::Selector,
+        max_bytes: usize,
+    ) -> Result<Vec<String>, sandbox::TooLarge> {
+        let mut budget = sandbox::ListBudget::new(self.count, max_bytes);
+        for _ in 0..self.count {
+            budget.add(self.object.len())?;
+        }
+        Ok(self.copy_all())
+    }
+}
+
+fn run_hostile_list(cache: Arc<HugeCache>) -> Result<Output, Fault> {
+    let primary = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "victim", "namespace": "default", "resourceVersion": "1"},
+        "data": {"mode": "list"},
+    });
+    let req = Request {
+        primary: primary.to_string(),
+        related: vec![],
+        settings: "{}".into(),
+    };
+    hostile().reconcile(&req, Clock::System, cache).result
+}
+
+#[test]
+fn a_list_larger_than_the_memory_cap_is_refused_before_the_host_copies_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // 10 000 objects of 16 KiB: 160 MiB of JSON against a 32 MiB cap.
+    let cache = Arc::new(HugeCache::new(10_000, 16 << 10));
+    let err = run_hostile_list(cache.clone()).unwrap_err();
+    let Fault::Sandbox(sandbox::Error::ListTooLarge { kind, refused }) = &err else {
+        panic!("expected ListTooLarge, got {err:?}");
+    };
+    assert_eq!(kind, "v1 ConfigMap");
+    assert_eq!(refused.matched, 10_000);
+    assert_eq!(refused.max_bytes, 32 << 20, "the plugin's memory cap");
+    assert!(
+        refused.counted < 10_000 && refused.bytes > 32 << 20,
+        "{refused:?}"
+    );
+    let message = err.to_string();
+    for part in ["v1 ConfigMap", "10000 objects", &(32u64 << 20).to_string()] {
+        assert!(message.contains(part), "{message:?} names {part}");
+    }
+    assert_eq!(cache.copied.load(Relaxed), 0, "no object was copied");
+    assert_eq!(
+        cache.unbounded_lists.load(Relaxed),
+        0,
+        "the unbounded list is never used"
+    );
+}
+
+#[test]
+fn a_list_within_the_memory_cap_reaches_the_plugin() {
+    let cache = Arc::new(HugeCache::new(10, 16 << 10));
+    let out = run_hostile_list(cache).expect("the plugin reports");
+    assert_eq!(event_notes(&out), "10 objects");
 }
 
 #[test]

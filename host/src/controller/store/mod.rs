@@ -359,6 +359,28 @@ impl CacheView for Stores {
             })
             .unwrap_or_default()
     }
+
+    fn list_within(
+        &self,
+        kind: &Gvk,
+        namespace: Option<&str>,
+        selector: &Selector,
+        max_bytes: usize,
+    ) -> Result<Vec<String>, crate::sandbox::TooLarge> {
+        let Some(store) = self.store(kind) else {
+            return Ok(Vec::new());
+        };
+        let matched = store.list(namespace, selector);
+        // Sum first, copy after: a refused list copies no JSON.
+        let mut budget = crate::sandbox::ListBudget::new(matched.len(), max_bytes);
+        for obj in &matched {
+            budget.add(obj.json_str().len())?;
+        }
+        Ok(matched
+            .iter()
+            .map(|obj| obj.json_str().to_owned())
+            .collect())
+    }
 }
 
 /// Strong references to a [`KindStore`] the stores themselves keep: the map's and the

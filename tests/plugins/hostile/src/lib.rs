@@ -17,6 +17,7 @@
 //! | `giant-output` | applies a ConfigMap holding `data.bytes` bytes (default 64 MiB) |
 //! | `undeclared-write` | applies a `v1 Secret` (a kind it did not declare) |
 //! | `other-namespace` | applies ConfigMap `<name>-out` into namespace `data.namespace` (default `kube-system`), outside its primary's |
+//! | `list` | lists every cached ConfigMap; event `Listed` with the count, or `ListRefused` with the error |
 //! | `read-secret` | reads a `v1 Secret` from the cache; event `ReadRefused` with the error, or `ReadAllowed` |
 //! | `fs` | reads `/etc/hostname` and lists `/`; event `FsDenied` with the errors, or `FsGranted` (`ACCESS GRANTED: …`) |
 //! | `socket` | connects TCP to `127.0.0.1:6443` and binds UDP; event `SocketDenied` / `SocketGranted` likewise |
@@ -106,6 +107,14 @@ impl Plugin for Hostile {
                 };
                 Ok(out.apply(&secret))
             }
+            "list" => Ok(match rekon_sdk::cache::list::<ConfigMap>(None, None) {
+                Ok(all) => out.event(
+                    EventType::Normal,
+                    "Listed",
+                    format!("{} objects", all.len()),
+                ),
+                Err(e) => out.event(EventType::Warning, "ListRefused", e.to_string()),
+            }),
             "read-secret" => Ok(
                 match rekon_sdk::cache::get::<Secret>(req.namespace(), "any") {
                     Err(e) => out.event(EventType::Warning, "ReadRefused", e.to_string()),
