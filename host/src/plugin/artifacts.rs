@@ -232,7 +232,7 @@ mod tests {
         wasmtime::Engine::new(&config).unwrap()
     }
 
-    /// A sandbox whose engine generates different code with and plain inlining.
+    /// A sandbox whose engine generates different code with and without inlining.
     fn sandbox(inlining: bool) -> Sandbox {
         Sandbox::new(crate::sandbox::Config {
             inlining,
