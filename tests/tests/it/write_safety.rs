@@ -407,3 +407,77 @@ async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
     .await
     .unwrap();
 }
+
+/// The plugin applies `<name>-a`, then `<name>-b`, and records an event; a 409 on the
+/// first apply (the fault proxy) must drop the second apply and the event of that output:
+/// both are sent only by the reconcile that decides again.
+#[tokio::test]
+async fn a_conflict_drops_the_rest_of_the_output_and_its_events() {
+    use http::Method;
+    use rekon_tests::proxy::{Action, FaultProxy, Rule};
+    let (client, ns) = setup("dropped").await;
+    let proxy = FaultProxy::start(client.clone()).await.unwrap();
+    let host = Host::new(
+        proxy.client().unwrap(),
+        crate::controller::config(ns.name()),
+    );
+    let running = host
+        .start_with(plugin("replicas-plugin"), PluginOptions::default())
+        .await
+        .unwrap();
+    proxy.add(
+        Rule::new(Action::status(http::StatusCode::CONFLICT))
+            .methods([Method::PATCH])
+            .path("/configmaps/probe-a")
+            .times(1),
+    );
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &replicas_primary("probe", "probe", json!({})),
+    )
+    .await
+    .unwrap();
+    wait_until("both children", WAIT, || async {
+        let b = cms.get_opt("probe-b").await.ok()??;
+        Some(b)
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    let seen = proxy.requests();
+    let position = |pred: &dyn Fn(&rekon_tests::proxy::Seen) -> bool| seen.iter().position(pred);
+    let conflict = position(&|s| s.path.contains("/probe-a") && s.status == Some(409))
+        .expect("the injected conflict");
+    let retried = position(&|s| {
+        s.path.contains("/probe-a")
+            && s.method == Method::PATCH
+            && s.status.is_some_and(|c| (200..300).contains(&c))
+    })
+    .expect("the apply decided again");
+    assert!(conflict < retried);
+    let between = &seen[conflict..retried];
+    assert!(
+        !between.iter().any(|s| s.path.contains("/probe-b")),
+        "the second apply of the conflicting output was sent: {between:?}"
+    );
+    assert!(
+        !between
+            .iter()
+            .any(|s| s.method == Method::POST && s.path.contains("/events")),
+        "an event of the conflicting output was recorded: {between:?}"
+    );
+    let events: Api<Event> = ns.api();
+    let probed = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Probed"))
+        .count();
+    // (Identical events are deduplicated, so the count cannot tell which output recorded
+    // it; the order of requests above does.)
+    assert!(probed >= 1, "the output that was written records its event");
+    assert_eq!(count(&running.stats().conflicts), 1);
+}

@@ -7,6 +7,8 @@
 //!   so a stale cache would show here as duplicates or repeated deletes.
 //! - `create-existing`: create the ConfigMap named `data.target` on every reconcile,
 //!   whether or not it exists (the host must not loop on its AlreadyExists).
+//! - `probe`: apply two children `<name>-a` and `<name>-b`, in that order, and record a
+//!   Normal event `Probed`: a conflict on the first must drop the second and the event.
 //!
 //! ConfigMaps without the label (the children among them) are left alone.
 
@@ -36,6 +38,18 @@ impl Plugin for Replicas {
             Some("generate") => {
                 let size: usize = data.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
                 generate(&req, size)
+            }
+            Some("probe") => {
+                let child = |suffix: &str| ConfigMap {
+                    metadata: req.child_meta(format!("{}-{suffix}", req.name())),
+                    data: Some([("from".to_owned(), req.name().to_owned())].into()),
+                    ..ConfigMap::default()
+                };
+                Ok(Output::new().apply(&child("a")).apply(&child("b")).event(
+                    rekon_sdk::EventType::Normal,
+                    "Probed",
+                    "applied a and b",
+                ))
             }
             Some("create-existing") => {
                 let target = data.get("target").cloned().unwrap_or_default();
