@@ -511,10 +511,11 @@ pub fn prepare(
         Mutation::Create(_) | Mutation::Apply(_) => None,
     };
     let nonempty = |s: &String| !s.is_empty();
+    let creates = matches!(m, Mutation::Create(_) | Mutation::Apply(_));
     let resource_version = explicit
         .filter(nonempty)
         .or_else(|| seen.map(|s| s.resource_version.clone()))
-        .filter(nonempty);
+        .filter(|rv| nonempty(rv) && !creates);
     let uid = seen.map(|s| s.uid.clone()).filter(nonempty);
     let what = describe(&kind, namespace.as_deref(), &name);
     let body = |o: &Value, rv: Option<&String>| {
@@ -522,8 +523,14 @@ pub fn prepare(
         if let Some(ns) = &namespace {
             o["metadata"]["namespace"] = json!(ns);
         }
-        if let Some(rv) = rv {
-            o["metadata"]["resourceVersion"] = json!(rv);
+        match rv {
+            Some(rv) => o["metadata"]["resourceVersion"] = json!(rv),
+            // A create never carries one (the API server refuses it with a 500).
+            None => {
+                if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("resourceVersion");
+                }
+            }
         }
         o
     };
@@ -1214,6 +1221,15 @@ mod tests {
         let u = prepare(&update, true, scope, None, &s).unwrap();
         assert_eq!(u.body.unwrap()["metadata"]["resourceVersion"], "7");
         assert_eq!(u.namespace.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_create_carries_no_resource_version_even_of_an_object_the_plugin_saw() {
+        let s = Snapshot::new(&[cm("c", "7", "u7")]);
+        let create = Mutation::Create(cm("c", "5", ""));
+        let p = prepare(&create, true, Scope::Namespaced("a"), None, &s).unwrap();
+        assert_eq!(p.resource_version, None);
+        assert_eq!(p.body.unwrap()["metadata"].get("resourceVersion"), None);
     }
 
     #[test]
