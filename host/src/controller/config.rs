@@ -20,6 +20,9 @@ pub struct Config {
     pub max_concurrent_reconciles: usize,
     /// Sandbox instances alive at once across plugins (≤ the sandbox pool).
     pub sandbox_slots: usize,
+    /// How those slots are shared between plugins: fairly unless a bench wants the
+    /// first-come baseline.
+    pub sandbox_policy: super::slots::Policy,
     /// Reported as the events' reporting instance (e.g. the pod name).
     pub instance: String,
     /// Watch namespaced kinds in this namespace only (`None`: the whole cluster).
@@ -44,6 +47,7 @@ impl Default for Config {
             read_your_writes_timeout: Duration::from_secs(10),
             max_concurrent_reconciles: 64,
             sandbox_slots: 32,
+            sandbox_policy: super::slots::Policy::Fair,
             instance: "rekon".to_owned(),
             namespace: None,
             thrash: thrash::ThrashConfig::default(),

@@ -8,6 +8,7 @@
 //! - [`Controller`]: one plugin's loop, from key to applied output.
 //! - [`Stats`]: what each plugin's controller counts, in plain counters and histograms
 //!   (the [`crate::metrics`] read them at scrape time).
+//! - [`slots`]: the sandbox slots, shared fairly between plugins.
 //! - [`Host`]: the plugins of one process sharing stores, applier and sandbox slots.
 
 mod access;
@@ -19,6 +20,7 @@ pub mod mapping;
 mod options;
 pub mod queue;
 mod reconciler;
+pub mod slots;
 mod stats;
 pub mod store;
 pub mod thrash;
@@ -37,7 +39,6 @@ use crate::write::events::Recorder;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// A controller ready to start ([`Host::prepare`]): permissions checked, stores listed.
@@ -145,7 +146,10 @@ impl Host {
                     .guarded(config.fence.clone(), config.request_timeout),
                 recorder: Recorder::new(client, &config.instance)
                     .guarded(config.fence.clone(), config.request_timeout),
-                sandbox_slots: Arc::new(Semaphore::new(config.sandbox_slots.max(1))),
+                sandbox_slots: slots::Slots::with_policy(
+                    config.sandbox_slots,
+                    config.sandbox_policy,
+                ),
                 config,
             },
             kinds,
@@ -340,6 +344,9 @@ impl Host {
         }
         let name = plugin.name().to_owned();
         let primary_kind = plugin.metadata.primary.clone();
+        self.shared
+            .sandbox_slots
+            .limit(&name, options.sandbox_share);
         let reconciler = Arc::new(Controller::new(
             plugin,
             primary,

@@ -13,6 +13,9 @@ pub struct PluginOptions {
     pub resync: Option<Duration>,
     /// Concurrent reconciles, overriding the host-wide setting.
     pub concurrency: Option<usize>,
+    /// The most sandbox slots its calls hold at once ([`super::slots::Slots::limit`]).
+    /// `None`: no cap beyond the fair sharing between plugins with work.
+    pub sandbox_share: Option<usize>,
     /// JSON handed to the plugin with every call.
     pub settings: String,
     /// Kinds whose existing objects, not controlled by the primary, an apply may take
@@ -26,6 +29,7 @@ impl Default for PluginOptions {
             namespaces: None,
             resync: None,
             concurrency: None,
+            sandbox_share: None,
             settings: "{}".to_owned(),
             adopt: Vec::new(),
         }

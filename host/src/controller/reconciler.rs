@@ -35,7 +35,6 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -45,7 +44,7 @@ pub(super) struct HostParts {
     pub stores: Stores,
     pub applier: Applier,
     pub recorder: Recorder,
-    pub sandbox_slots: Arc<Semaphore>,
+    pub sandbox_slots: super::slots::Slots,
     pub config: Config,
 }
 
@@ -274,9 +273,7 @@ impl Controller {
         let plugin = self.plugin();
         let cache: Arc<dyn CacheView> = Arc::new(self.host.stores.clone());
         let (kind, object) = (kind.clone(), object.to_owned());
-        let Ok(_slot) = self.host.sandbox_slots.clone().acquire_owned().await else {
-            return Vec::new();
-        };
+        let _slot = self.host.sandbox_slots.acquire(plugin.name()).await;
         let call =
             tokio::task::spawn_blocking(move || plugin.map_to_primaries(&kind, &object, cache))
                 .await;
@@ -484,9 +481,7 @@ impl Controller {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let cache: Arc<dyn CacheView> = Arc::new(self.host.stores.clone());
         let call_plugin = plugin.clone();
-        let Ok(slot) = self.host.sandbox_slots.clone().acquire_owned().await else {
-            return Err(Outcome::RetryNow);
-        };
+        let slot = self.host.sandbox_slots.acquire(plugin.name()).await;
         let entry = if finalize {
             Export::Finalize
         } else {

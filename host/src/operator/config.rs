@@ -4,6 +4,7 @@
 //! namespaces: [team-a, team-b]   # reconcile primaries in these namespaces only
 //! resync: 5m                     # overrides the plugin's declared resync period
 //! concurrency: 8                 # concurrent reconciles of this plugin
+//! sandboxShare: 4                # sandbox slots its calls hold at most (default: fair share)
 //! limits:                        # per-call sandbox limits (defaults: rekon check shows them)
 //!   memory: 128Mi
 //!   timeBudget: 500ms
@@ -39,6 +40,11 @@ pub struct PluginConfig {
     /// Concurrent reconciles of this plugin.
     #[serde(default)]
     pub concurrency: Option<usize>,
+    /// The most sandbox slots this plugin's calls hold at once. Without it, the host's
+    /// slots are shared fairly between the plugins that have work, any of them using what
+    /// the others leave.
+    #[serde(default)]
+    pub sandbox_share: Option<usize>,
     /// Sandbox limits, each overriding the host's default.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -116,6 +122,9 @@ impl PluginConfig {
         let config: Self = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         if config.concurrency == Some(0) {
             return Err("concurrency: must be at least 1".to_owned());
+        }
+        if config.sandbox_share == Some(0) {
+            return Err("sandboxShare: must be at least 1".to_owned());
         }
         if config.resync == Some(Duration::ZERO) {
             return Err(
@@ -306,7 +315,18 @@ mod tests {
         let e = PluginConfig::parse("limits:\n  memory: 12Qi\n").unwrap_err();
         assert!(e.contains("unknown suffix \"Qi\""), "{e}");
         assert!(PluginConfig::parse("concurrency: 0\n").is_err());
+        let e = PluginConfig::parse("sandboxShare: 0\n").unwrap_err();
+        assert!(e.contains("sandboxShare"), "{e}");
         assert!(PluginConfig::parse("settings: [1]\n").is_err());
+    }
+
+    #[test]
+    fn a_sandbox_share_caps_the_plugin_and_a_misspelt_one_is_refused() {
+        let c = PluginConfig::parse("sandboxShare: 4\n").unwrap();
+        assert_eq!(c.sandbox_share, Some(4));
+        assert_eq!(PluginConfig::default().sandbox_share, None);
+        let e = PluginConfig::parse("sandboxShares: 4\n").unwrap_err();
+        assert!(e.contains("unknown field `sandboxShares`"), "{e}");
     }
 
     #[test]

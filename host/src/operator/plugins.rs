@@ -316,6 +316,7 @@ impl PluginSet {
             namespaces: config.namespaces.clone(),
             resync: config.resync,
             concurrency: config.concurrency,
+            sandbox_share: config.sandbox_share,
             settings: config.settings_json(),
             adopt: config.adopt_kinds(),
         };
