@@ -295,8 +295,12 @@ async fn a_conflicting_foreign_write_is_not_overwritten_blindly_and_the_host_con
     .await
     .unwrap();
 
-    // The next reconcile takes 1 s to decide; while it does, a foreign writer changes
-    // the mirror the plugin saw.
+    // No leftover reconcile may account for a conflict below.
+    idle(&running[0]).await;
+    let conflicts_before = count(&stats.conflicts);
+    // The next reconcile takes 1 s to decide; while it does, a foreign writer takes the
+    // very field the plugin applies (`data.value`), so the plugin's write — conditioned on
+    // the mirror it saw — must be refused with 409, not applied over the change.
     let before = count(&stats.reconciles);
     cms.patch(
         "src",
@@ -315,7 +319,7 @@ async fn a_conflicting_foreign_write_is_not_overwritten_blindly_and_the_host_con
         &PatchParams::apply("foreign-writer").force(),
         &Patch::Apply(
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "src-mirror"},
-            "data": {"foreign": "kept"}}),
+            "data": {"value": "theirs"}}),
         ),
     )
     .await
@@ -327,17 +331,16 @@ async fn a_conflicting_foreign_write_is_not_overwritten_blindly_and_the_host_con
     })
     .await
     .unwrap();
-    let conflicts = count(&stats.conflicts);
+    let conflicts = count(&stats.conflicts) - conflicts_before;
     println!(
         "conflict test: {conflicts} conflict(s), {} reconciles",
         count(&stats.reconciles)
     );
+    // A blind (unconditioned) forced apply would have overwritten "theirs" without a 409.
     assert!(conflicts >= 1, "the stale write was refused with 409");
-    assert_eq!(
-        value(&mirror, "foreign").as_deref(),
-        Some("kept"),
-        "the foreign writer's field survives"
-    );
+    // Decided again on the state that includes the foreign write, the plugin takes its
+    // field back deliberately.
+    assert_eq!(value(&mirror, "value").as_deref(), Some("v2"));
 }
 
 #[tokio::test]
