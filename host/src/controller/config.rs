@@ -14,9 +14,8 @@ pub struct Config {
     pub read_your_writes_timeout: Duration,
     /// Concurrent reconciles per plugin. Their wasm calls are bounded separately by
     /// [`sandbox_slots`](Self::sandbox_slots), so most of these are waiting on the API
-    /// server; a low number lets a few slow writes hold up every other key (64: the
-    /// sustained-load bench's event→reconcile p99 in the host 3 ms, against 289–408 ms
-    /// with 16 while the API server stalled).
+    /// server; a low number lets a few slow writes hold up every other key (the default,
+    /// 64, comes from the sustained-load bench: BENCHMARKS.md).
     pub max_concurrent_reconciles: usize,
     /// Sandbox instances alive at once across plugins (≤ the sandbox pool).
     pub sandbox_slots: usize,

@@ -2,9 +2,8 @@
 //! compiler that is dropped after it, and the freed memory handed back to the OS.
 //!
 //! An engine's compiler keeps its per-thread Cranelift contexts, sized for the largest
-//! function it ever compiled, for the life of the engine: for the example plugins that is
-//! ~175 MiB after the first compile, held for good by the engine every plugin then runs
-//! in. A bounded compile therefore runs in a short-lived engine of the same
+//! function it ever compiled, for the life of the engine: held for good by the engine
+//! every plugin then runs in. A bounded compile therefore runs in a short-lived engine of the same
 //! configuration (so its artifact loads into the host's engine unchanged) and is dropped
 //! with it. glibc then keeps what was freed in its arenas, hence the trim. BENCHMARKS.md
 //! ("Cold start memory") has the figures.

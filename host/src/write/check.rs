@@ -170,7 +170,7 @@ pub fn output(
 
 /// The primary's identity — `apiVersion`, `kind`, `metadata.name` and `.namespace`, all
 /// [`Scope::of`] reads — without building the rest of the object: a large primary costs a
-/// scan rather than a tree of allocations (issue 7: this was a fifth of a 4 KB call).
+/// scan rather than a tree of allocations (BENCHMARKS.md, per-call phases).
 fn identity(primary: &str) -> Value {
     #[derive(serde::Deserialize, Default)]
     #[serde(default)]
