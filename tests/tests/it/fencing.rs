@@ -144,17 +144,13 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
     // Cut rekon-a off: its renews and writes go nowhere.
     proxy_a.block_all(true);
     let cut = Instant::now();
-    let exited = loop {
-        if let Some(status) = a.try_wait() {
-            break (status, cut.elapsed());
-        }
-        assert!(
-            cut.elapsed() < LEASE + Duration::from_secs(10),
-            "rekon-a still runs {:?} after the cut",
-            cut.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_until("rekon-a exits", LEASE + Duration::from_secs(10), || {
+        let exited = a.try_wait();
+        async move { exited }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: rekon-a still runs after the cut"));
+    let exited = (status, cut.elapsed());
     wait_until("rekon-b takes over", WAIT, || async {
         (holder(&client, ns.name()).await.as_deref() == Some("rekon-b")).then_some(())
     })
@@ -173,9 +169,26 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
     })
     .await
     .unwrap();
-    // Heal the partition: whatever rekon-a still held back could land now.
+    // Heal the partition: whatever rekon-a still held back could land now. Then read
+    // until the watch has caught up with the child as the API server has it now.
     proxy_a.block_all(false);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now: u64 = api
+        .get("p-stamp")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .and_then(|rv| rv.parse().ok())
+        .unwrap();
+    wait_until("the watch catches up with the present", WAIT, || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.resource_version >= now)
+            .then_some(())
+    })
+    .await
+    .unwrap();
     watch.abort();
 
     let seen = seen.lock().unwrap().clone();

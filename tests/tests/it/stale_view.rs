@@ -44,6 +44,13 @@ async fn start_through_proxy(
     (proxy, host, running)
 }
 
+/// The children of the owner `uid` as the host's (lagging) cache shows them.
+fn cached_children(host: &Host, uid: &str) -> usize {
+    host.stores()
+        .store(&rekon_host::contract::Gvk::new("", "v1", "ConfigMap"))
+        .map_or(0, |s| s.owned_by(uid).len())
+}
+
 /// The default read-your-writes deadline (the one a 12 s delay must pass).
 const RYW: Duration = Duration::from_secs(10);
 
@@ -117,7 +124,7 @@ async fn under_a_12s_watch_delay_no_duplicate_child_is_ever_created() {
     // write, so the 12 s wait passes the 10 s deadline: the case where deciding on the
     // stale view creates duplicates.
     let resync = Duration::from_millis(500);
-    let (proxy, _host, running) =
+    let (proxy, host, running) =
         start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, Some(resync)).await;
     let delay = Duration::from_secs(12);
     assert!(
@@ -140,16 +147,17 @@ async fn under_a_12s_watch_delay_no_duplicate_child_is_ever_created() {
         from = size;
     }
     // Settled: whatever the lagging cache shows later must not add or remove a child.
-    // Sample across one more delay period, then until the controller is idle.
-    let settle = Instant::now();
-    while settle.elapsed() < delay + Duration::from_secs(1) {
+    // Checked until the cache itself shows the 5 (every delayed echo arrived), then idle.
+    wait_until("the lagging cache shows the 5 children", WAIT, || async {
         let n = children(&cms, &uid).await.len();
         assert_eq!(
             n, 5,
             "after settling at 5 the API server holds {n} children"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (cached_children(&host, &uid) == 5).then_some(())
+    })
+    .await
+    .unwrap();
     idle(&running).await;
     assert_eq!(children(&cms, &uid).await.len(), 5);
     println!("generateName scaling under a {delay:?} watch delay: {steps:?}");
@@ -177,7 +185,7 @@ async fn under_a_12s_watch_delay_no_duplicate_child_is_ever_created() {
 #[tokio::test]
 async fn deletes_under_a_watch_delay_are_not_repeated() {
     let (client, ns) = setup("stale-delete").await;
-    let (proxy, _host, running) =
+    let (proxy, host, running) =
         start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, None).await;
     let cms: Api<ConfigMap> = ns.api();
     // Eight children made without a delay; the requests before it do not count.
@@ -189,8 +197,13 @@ async fn deletes_under_a_watch_delay_are_not_repeated() {
     let (_, down) = scale(&cms, &uid, 8, 2, WAIT).await;
     let (most, up) = scale(&cms, &uid, 2, 7, WAIT).await;
     assert!(most <= 7, "{most} children at once scaling 2 → 7");
-    // Let every delayed echo arrive and every reconcile they cause finish.
-    tokio::time::sleep(delay + Duration::from_secs(1)).await;
+    // Let every delayed echo arrive (the cache shows the 7) and every reconcile they
+    // cause finish.
+    wait_until("the lagging cache shows the 7 children", WAIT, || async {
+        (cached_children(&host, &uid) == 7).then_some(())
+    })
+    .await
+    .unwrap();
     idle(&running).await;
     assert_eq!(children(&cms, &uid).await.len(), 7, "exactly 7 in the end");
     println!("under a {delay:?} watch delay: 8 → 2 in {down:?}, 2 → 7 in {up:?}");
@@ -254,9 +267,10 @@ async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
     )
     .await
     .unwrap();
-    // Hold for three deadlines.
     let held = Instant::now();
-    while held.elapsed() < deadline * 3 {
+    // Held until three deadlines have passed (each one is counted), checking all along
+    // that the plugin is not called and nothing is written on the stale view.
+    wait_until("three read-your-writes deadlines pass", WAIT, || async {
         assert_eq!(
             count(&stats.reconciles),
             reconciles,
@@ -264,8 +278,10 @@ async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
         );
         let d = deployments.get("web").await.unwrap();
         assert_eq!(replicas(d), Some(2), "no write decided on the stale view");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (count(&stats.own_write_overdue) >= 3).then_some(())
+    })
+    .await
+    .unwrap();
     assert!(
         count(&stats.own_write_waits) >= 1,
         "the wait is counted as a deferral"
