@@ -41,8 +41,8 @@ pub struct Stats {
     /// Primaries being deleted left with the plugin's finalizer when it was removed.
     pub finalizers_orphaned: AtomicU64,
     reconcile_time: Mutex<Histogram>,
-    faults: Mutex<BTreeMap<&'static str, u64>>,
-    write_errors: Mutex<BTreeMap<&'static str, u64>>,
+    faults: ByLabel,
+    write_errors: ByLabel,
 }
 
 /// Finished reconciles of one plugin by result, as controller-runtime's `result` label
@@ -76,8 +76,8 @@ impl Default for Stats {
             finalizers_released: AtomicU64::default(),
             finalizers_orphaned: AtomicU64::default(),
             reconcile_time: Mutex::new(Histogram::new(Histogram::RECONCILE_TIME)),
-            faults: Mutex::default(),
-            write_errors: Mutex::default(),
+            faults: ByLabel::default(),
+            write_errors: ByLabel::default(),
         }
     }
 }
@@ -115,43 +115,46 @@ impl Stats {
     }
 
     pub(crate) fn count_write_error(&self, label: &'static str) {
-        *self
-            .write_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(label)
-            .or_default() += 1;
+        self.write_errors.add(label);
     }
 
     /// Outputs stopped by an error other than a conflict, by reason label
     /// ([`crate::write::Error::metric_label`]: `not_owned`, `already_exists`, …).
     pub fn write_errors(&self) -> BTreeMap<&'static str, u64> {
-        self.write_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.write_errors.read()
     }
 
     pub(crate) fn count_fault(&self, label: &'static str) {
+        self.faults.add(label);
+    }
+
+    /// Plugin faults by reason label.
+    pub fn faults(&self) -> BTreeMap<&'static str, u64> {
+        self.faults.read()
+    }
+
+    /// Shorthand for reading a counter.
+    pub fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts by a bounded label (an error enum's `metric_label`).
+#[derive(Debug, Default)]
+struct ByLabel(Mutex<BTreeMap<&'static str, u64>>);
+
+impl ByLabel {
+    fn add(&self, label: &'static str) {
         *self
-            .faults
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(label)
             .or_default() += 1;
     }
 
-    /// Plugin faults by reason label.
-    pub fn faults(&self) -> BTreeMap<&'static str, u64> {
-        self.faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Shorthand for reading a counter.
-    pub fn read(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    fn read(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

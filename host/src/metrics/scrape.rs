@@ -157,27 +157,21 @@ fn encode_reconciles(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fm
             })
         }),
     )?;
-    counters(
+    per_plugin_counters(
         enc,
-        "reconcile_errors",
-        "Reconciles per plugin that ended in an error.",
-        plugins.iter().map(|p| {
+        plugins,
+        [
             (
-                [("plugin", p.name.as_str())],
-                Stats::read(&p.stats.results.error),
-            )
-        }),
-    )?;
-    counters(
-        enc,
-        "terminal_reconcile_errors",
-        "Reconciles per plugin that ended in an error not retried until the object changes.",
-        plugins.iter().map(|p| {
+                "reconcile_errors",
+                "Reconciles per plugin that ended in an error.",
+                |s| &s.results.error,
+            ),
             (
-                [("plugin", p.name.as_str())],
-                Stats::read(&p.stats.results.terminal),
-            )
-        }),
+                "terminal_reconcile_errors",
+                "Reconciles per plugin that ended in an error not retried until the object changes.",
+                |s| &s.results.terminal,
+            ),
+        ],
     )?;
     histograms(
         enc,
@@ -221,48 +215,26 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         "The plugin's concurrency limit.",
         by_plugin(|r| r.queue.config().max_concurrent as u64),
     )?;
-    counters(
+    by_reason(
         enc,
-        "rekon_plugin_calls",
-        "Calls into the plugin (reconcile or finalize).",
-        plugins.iter().map(|p| {
-            (
-                [("plugin", p.name.as_str())],
-                Stats::read(&p.stats.reconciles),
-            )
-        }),
-    )?;
-    let faults: Vec<_> = plugins
-        .iter()
-        .flat_map(|p| {
-            p.stats
-                .faults()
-                .into_iter()
-                .map(move |(reason, n)| ([("plugin", p.name.as_str()), ("reason", reason)], n))
-        })
-        .collect();
-    counters(
-        enc,
+        plugins,
         "rekon_plugin_faults",
         "Plugin calls without usable output, by reason.",
-        faults,
+        Stats::faults,
     )?;
-    let write_errors: Vec<_> = plugins
-        .iter()
-        .flat_map(|p| {
-            p.stats
-                .write_errors()
-                .into_iter()
-                .map(move |(reason, n)| ([("plugin", p.name.as_str()), ("reason", reason)], n))
-        })
-        .collect();
-    counters(
+    by_reason(
         enc,
+        plugins,
         "rekon_write_errors",
         "Plugin outputs stopped by an error other than a conflict, by reason (not_owned, already_exists, fenced, timeout, ...).",
-        write_errors,
+        Stats::write_errors,
     )?;
-    let per_plugin: [(&str, &str, StatsCounter); 9] = [
+    let per_plugin: [(&str, &str, StatsCounter); 10] = [
+        (
+            "rekon_plugin_calls",
+            "Calls into the plugin (reconcile or finalize).",
+            |s| &s.reconciles,
+        ),
         (
             "rekon_apply_writes",
             "Writes the API server accepted.",
@@ -305,7 +277,16 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
             |s| &s.finalizers_orphaned,
         ),
     ];
-    for (name, help, pick) in per_plugin {
+    per_plugin_counters(enc, plugins, per_plugin)
+}
+
+/// One counter family per entry, a series per plugin.
+fn per_plugin_counters<const N: usize>(
+    enc: &mut DescriptorEncoder,
+    plugins: &[PluginState],
+    families: [(&str, &str, StatsCounter); N],
+) -> fmt::Result {
+    for (name, help, pick) in families {
         counters(
             enc,
             name,
@@ -316,6 +297,25 @@ fn encode_plugins(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::
         )?;
     }
     Ok(())
+}
+
+/// A counter family labelled by plugin and by the bounded reasons `counts` reports.
+fn by_reason(
+    enc: &mut DescriptorEncoder,
+    plugins: &[PluginState],
+    name: &str,
+    help: &str,
+    counts: fn(&Stats) -> std::collections::BTreeMap<&'static str, u64>,
+) -> fmt::Result {
+    let rows: Vec<_> = plugins
+        .iter()
+        .flat_map(|p| {
+            counts(&p.stats)
+                .into_iter()
+                .map(move |(reason, n)| ([("plugin", p.name.as_str()), ("reason", reason)], n))
+        })
+        .collect();
+    counters(enc, name, help, rows)
 }
 
 fn encode_queues(enc: &mut DescriptorEncoder, plugins: &[PluginState]) -> fmt::Result {

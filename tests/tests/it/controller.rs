@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-fn loader() -> &'static Loader {
+pub(crate) fn loader() -> &'static Loader {
     static LOADER: OnceLock<Loader> = OnceLock::new();
     LOADER.get_or_init(|| {
         let sandbox = Sandbox::new(sandbox::Config::default()).expect("sandbox starts");

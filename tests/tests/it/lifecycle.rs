@@ -9,8 +9,6 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rekon_host::contract::Gvk;
 use rekon_host::controller::{Host, PluginOptions};
 use rekon_host::operator::{PluginSet, Reporter, Transition};
-use rekon_host::plugin::{Artifacts, Loader};
-use rekon_host::sandbox::{self, Sandbox};
 use rekon_host::write::events::Recorder;
 use rekon_tests::controlplane::wait_until;
 use rekon_tests::plugins;
@@ -76,12 +74,7 @@ async fn event_with(events: &Api<Event>, reason: &str, regarding: &str) -> Optio
 async fn a_swap_whose_new_controller_cannot_start_keeps_the_old_one_running() {
     let (client, ns) = setup("swap").await;
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(sandbox::Config::default()).unwrap();
-    let loader = Loader::new(
-        sandbox,
-        Artifacts::in_dir(plugins::target_dir().join("rekon-test-artifacts")),
-        sandbox::Limits::default(),
-    );
+    let loader = crate::controller::loader().clone();
     let host = host(&client, ns.name());
     let reporter = Reporter {
         recorder: Recorder::new(client.clone(), "test"),
