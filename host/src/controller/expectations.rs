@@ -18,7 +18,7 @@
 
 use super::store::{Expected, ExpectedState, Stores};
 use crate::contract::{Gvk, ObjectKey};
-use crate::write::Written;
+use crate::write::{Vanished, Written};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -55,6 +55,17 @@ impl Expectation {
             namespace: w.namespace.clone(),
             name: w.name.clone(),
             state,
+            mark: store.list_mark(),
+        })
+    }
+
+    fn vanished(v: &Vanished, stores: &Stores) -> Option<Self> {
+        let store = stores.store(&v.kind)?;
+        Some(Self {
+            kind: v.kind.clone(),
+            namespace: v.namespace.clone(),
+            name: v.name.clone(),
+            state: State::Gone(v.uid.clone()),
             mark: store.list_mark(),
         })
     }
@@ -131,6 +142,14 @@ impl Expectations {
                 .or_default()
                 .writes
                 .extend(new);
+        }
+    }
+
+    /// Records that `key` found an object gone that the cache may still show: the next
+    /// reconcile waits until the cache no longer holds it.
+    pub(super) fn record_vanished(&self, key: &ObjectKey, vanished: &Vanished, stores: &Stores) {
+        if let Some(e) = Expectation::vanished(vanished, stores) {
+            self.lock().entry(key.clone()).or_default().writes.push(e);
         }
     }
 
@@ -372,6 +391,33 @@ mod tests {
                 .uid("u-old")
                 .build(),
         ));
+        assert_eq!(e.check(&key(), &stores, 1, t, now), Check::Clear);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_found_gone_is_waited_for_until_the_cache_drops_it() {
+        let (stores, store) = Stores::with_test_store();
+        let cm = || {
+            crate::controller::store::testing::cm("p")
+                .ns("a")
+                .uid("u-p")
+        };
+        store.record_event(kube::runtime::watcher::Event::Apply(cm().rv(3).build()));
+        let e = Expectations::default();
+        let vanished = Vanished {
+            kind: store.gvk().clone(),
+            namespace: Some("a".into()),
+            name: "p".into(),
+            uid: "u-p".into(),
+        };
+        e.record_vanished(&key(), &vanished, &stores);
+        let t = Duration::from_secs(10);
+        let now = Instant::now();
+        assert!(matches!(
+            e.check(&key(), &stores, 1, t, now),
+            Check::Wait { .. }
+        ));
+        store.record_event(kube::runtime::watcher::Event::Delete(cm().rv(4).build()));
         assert_eq!(e.check(&key(), &stores, 1, t, now), Check::Clear);
     }
 }

@@ -568,12 +568,10 @@ impl Controller {
             Some(e @ crate::write::Error::Gone { .. }) => {
                 // The cache still shows an object the API server no longer has: decide
                 // again once it shows it gone (read-your-writes), not on this view.
-                if let Some(gone) = e.gone() {
-                    self.memory.expectations.record(
-                        key,
-                        std::slice::from_ref(gone),
-                        &self.host.stores,
-                    );
+                if let Some(vanished) = e.vanished() {
+                    self.memory
+                        .expectations
+                        .record_vanished(key, vanished, &self.host.stores);
                 }
                 self.stats.count_write_error(e.metric_label());
                 tracing::debug!(error = %e, "gone; deciding again once the cache shows it");

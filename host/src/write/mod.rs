@@ -157,26 +157,35 @@ pub struct Written {
 }
 
 impl Written {
-    /// Whether this write removed the object, or found it gone (read-your-writes waits
-    /// for its absence).
+    /// Whether this write removed the object (read-your-writes waits for its absence).
     pub fn is_gone(&self) -> bool {
-        matches!(self.verb, "delete" | "vanished") && self.resource_version.is_none()
+        self.verb == "delete" && self.resource_version.is_none()
     }
+}
 
-    /// An object found gone (404) by a write conditioned on it: not a write, but what
-    /// read-your-writes must wait for before the plugin decides again.
-    fn vanished(kind: &Gvk, namespace: Option<&str>, name: &str, uid: &str) -> Self {
-        Written {
+/// An object the API server no longer has (a 404 to a write conditioned on it, or a
+/// primary gone before a child would be created for it) while the cache may still show
+/// it: read-your-writes waits until the cache no longer holds this uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vanished {
+    /// The kind.
+    pub kind: Gvk,
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// The uid the cache must no longer hold.
+    pub uid: String,
+}
+
+impl Vanished {
+    fn new(kind: &Gvk, namespace: Option<&str>, name: &str, uid: &str) -> Box<Self> {
+        Box::new(Self {
             kind: kind.clone(),
             namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
-            resource_version: None,
-            uid: Some(uid.to_owned()),
-            verb: "vanished",
-            previous: None,
-            digest: 0,
-            managers: Vec::new(),
-        }
+            uid: uid.to_owned(),
+        })
     }
 }
 
@@ -251,7 +260,7 @@ pub enum Error {
         /// The object.
         what: String,
         /// What read-your-writes waits for, when the uid is known.
-        gone: Option<Box<Written>>,
+        vanished: Option<Box<Vanished>>,
     },
     /// The API server refused the write (403, 422, ...).
     #[error("{verb} {what}: refused by the API server ({code}): {source}")]
@@ -329,9 +338,9 @@ impl Error {
     }
 
     /// What read-your-writes must wait for before deciding again ([`Error::Gone`]).
-    pub fn gone(&self) -> Option<&Written> {
+    pub fn vanished(&self) -> Option<&Vanished> {
         match self {
-            Error::Gone { gone, .. } => gone.as_deref(),
+            Error::Gone { vanished, .. } => vanished.as_deref(),
             _ => None,
         }
     }
@@ -765,7 +774,7 @@ impl Applier {
         Err(Error::Gone {
             verb: "create",
             what,
-            gone: (!uid.is_empty()).then(|| Box::new(Written::vanished(&kind, ns, name, uid))),
+            vanished: (!uid.is_empty()).then(|| Vanished::new(&kind, ns, name, uid)),
         })
     }
 
@@ -906,12 +915,7 @@ impl Applier {
             (kube::Error::Api(s), Some(uid)) if s.code == 404 => Error::Gone {
                 verb: p.verb,
                 what: what.clone(),
-                gone: Some(Box::new(Written::vanished(
-                    &p.kind,
-                    p.namespace.as_deref(),
-                    &p.name,
-                    uid,
-                ))),
+                vanished: Some(Vanished::new(&p.kind, p.namespace.as_deref(), &p.name, uid)),
             },
             _ => Error::from_kube(p.verb, what.clone(), e),
         };
