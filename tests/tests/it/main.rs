@@ -5,6 +5,7 @@
 mod chaos;
 mod controller;
 mod deploy;
+mod events;
 mod examples;
 mod fencing;
 mod isolation;
