@@ -136,7 +136,7 @@ pub(crate) fn host() -> impl sys::Host {
 
 pub use condition::Condition;
 pub use error::Error;
-pub use object::{DynamicObject, Gvk, IntoObject, Kind, ObjectKey, ToObject};
+pub use object::{DynamicObject, Gvk, IntoObject, Kind, ObjectKey, Scope, ToObject};
 pub use output::{EventType, Output, Target};
 pub use plugin::{Mapping, Metadata, Plugin};
 pub use request::Request;

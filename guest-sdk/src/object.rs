@@ -109,6 +109,10 @@ pub trait Kind {
     const VERSION: &'static str;
     /// Kind name.
     const KIND: &'static str;
+    /// Whether objects of this kind live in a namespace. k8s-openapi types say; your own
+    /// kinds default to `true` (a custom resource's CRD is usually `scope: Namespaced`):
+    /// set it to `false` for a cluster-scoped one.
+    const NAMESPACED: bool = true;
 
     /// This kind as a [`Gvk`].
     fn gvk() -> Gvk {
@@ -121,10 +125,33 @@ pub trait Kind {
     }
 }
 
-impl<T: k8s_openapi::Resource> Kind for T {
+impl<T: k8s_openapi::Resource> Kind for T
+where
+    T::Scope: Scope,
+{
     const GROUP: &'static str = T::GROUP;
     const VERSION: &'static str = T::VERSION;
     const KIND: &'static str = T::KIND;
+    const NAMESPACED: bool = <T::Scope as Scope>::NAMESPACED;
+}
+
+/// k8s-openapi's resource scopes as a constant, for [`Kind::NAMESPACED`].
+pub trait Scope {
+    /// Whether the resources of this scope live in a namespace.
+    const NAMESPACED: bool;
+}
+
+impl Scope for k8s_openapi::NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+
+impl Scope for k8s_openapi::ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+impl Scope for k8s_openapi::SubResourceScope {
+    // Subresources (Scale, TokenRequest…) are addressed through a namespaced parent.
+    const NAMESPACED: bool = true;
 }
 
 /// An object of a kind known only at run time: `apiVersion`, `kind`, typed `metadata`,

@@ -49,6 +49,10 @@ pub trait Plugin {
 
     /// For watches with [`Mapping::Custom`]: the primaries an object of `kind` maps to.
     ///
+    /// It may read the cache ([`cache::get`](crate::cache::get),
+    /// [`cache::list`](crate::cache::list)) of the declared kinds, e.g. to find the
+    /// primaries that use the object; `rekon test` checks it with `mapToPrimaries` cases.
+    ///
     /// The default maps nothing.
     fn map_to_primaries(kind: &Gvk, object: &DynamicObject) -> Vec<ObjectKey> {
         let _ = (kind, object);

@@ -169,12 +169,32 @@ impl Request {
         self.head.metadata.uid.as_deref()
     }
 
-    /// Metadata for a child object: `name` in the primary's namespace, nothing else (the
-    /// host adds the owner reference when the child is applied).
+    /// Whether the primary is a core `v1` `Namespace`.
+    fn primary_is_namespace(&self) -> bool {
+        self.head.api_version == "v1" && self.head.kind == "Namespace"
+    }
+
+    /// The namespace the primary's namespaced children and related objects live in: the
+    /// primary's own namespace; for a `Namespace` primary, the namespace it names; `None`
+    /// for any other cluster-scoped primary (it has no namespace to offer).
+    pub fn child_namespace(&self) -> Option<&str> {
+        match self.namespace() {
+            Some(ns) => Some(ns),
+            None if self.primary_is_namespace() => Some(self.name()),
+            None => None,
+        }
+    }
+
+    /// Metadata for a child object: `name` in [`child_namespace`](Self::child_namespace)
+    /// (the primary's namespace; for a `Namespace` primary, the namespace it names),
+    /// nothing else (the host adds the owner reference).
+    ///
+    /// For any other cluster-scoped primary the namespace is left unset: right for a
+    /// cluster-scoped child; a namespaced child must name its namespace itself.
     pub fn child_meta(&self, name: impl Into<String>) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.into()),
-            namespace: self.head.metadata.namespace.clone(),
+            namespace: self.child_namespace().map(str::to_owned),
             ..ObjectMeta::default()
         }
     }
@@ -199,14 +219,46 @@ impl Request {
             .collect()
     }
 
-    /// The related object of kind `T` named `name` in the primary's namespace, if the
-    /// host sent one.
+    /// The related object of kind `T` named `name`, if the host sent one: for a
+    /// namespaced `T`, in [`child_namespace`](Self::child_namespace) (the primary's
+    /// namespace; for a `Namespace` primary, the namespace it names); for a
+    /// cluster-scoped `T` ([`Kind::NAMESPACED`] false), the one of that name.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`Error`] if that object does not fit `T`, or if `T` is namespaced
+    /// and the primary is cluster-scoped and not a `Namespace`: there is no namespace to
+    /// look in, so name it with [`related_in`](Self::related_in).
+    pub fn related_named<T: Kind + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, Error> {
+        let namespace = if T::NAMESPACED {
+            Some(self.child_namespace().ok_or_else(|| {
+                Error::permanent(format!(
+                    "related_named::<{}>({name:?}): {} is namespaced and the primary {} is \
+                     cluster-scoped, so it has no namespace to look in; use \
+                     related_in(namespace, name)",
+                    decode::short_type_name::<T>(),
+                    T::KIND,
+                    self.head.describe()
+                ))
+            })?)
+        } else {
+            None
+        };
+        self.related_in(namespace, name)
+    }
+
+    /// The related object of kind `T` named `name` in `namespace` (`None`: a
+    /// cluster-scoped object), if the host sent one.
     ///
     /// # Errors
     ///
     /// A permanent [`Error`] if that object does not fit `T`.
-    pub fn related_named<T: Kind + DeserializeOwned>(
+    pub fn related_in<T: Kind + DeserializeOwned>(
         &self,
+        namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<T>, Error> {
         let gvk = T::gvk();
@@ -215,7 +267,7 @@ impl Request {
             .find(|(head, _)| {
                 gvk.matches(&head.api_version, &head.kind)
                     && head.metadata.name.as_deref() == Some(name)
-                    && head.metadata.namespace.as_deref() == self.namespace()
+                    && head.metadata.namespace.as_deref() == namespace
             })
             .map(|(head, json)| decode_related(head, json))
             .transpose()
@@ -335,6 +387,68 @@ mod tests {
                 .is_none()
         );
         assert!(req.related_named::<Service>("web").unwrap().is_none());
+    }
+
+    fn cluster_scoped(api_version: &str, kind: &str, related: &[&str]) -> Request {
+        Request::from_json(
+            format!(r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{{"name":"team-a","uid":"u2"}}}}"#),
+            related.iter().map(|s| (*s).to_owned()).collect(),
+            String::new(),
+        )
+        .unwrap()
+    }
+
+    const QUOTA_IN_TEAM_A: &str = r#"{"apiVersion":"v1","kind":"ResourceQuota","metadata":{"name":"default","namespace":"team-a"}}"#;
+    const CLUSTER_ROLE: &str = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRole","metadata":{"name":"team-a"}}"#;
+
+    #[test]
+    fn a_namespace_primary_finds_and_places_namespaced_children_in_the_namespace_it_names() {
+        use k8s_openapi::api::core::v1::ResourceQuota;
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        let req = cluster_scoped("v1", "Namespace", &[QUOTA_IN_TEAM_A, CLUSTER_ROLE]);
+        assert_eq!(req.namespace(), None);
+        assert_eq!(req.child_namespace(), Some("team-a"));
+        assert_eq!(req.child_meta("x").namespace.as_deref(), Some("team-a"));
+        let quota = req.related_named::<ResourceQuota>("default").unwrap();
+        assert_eq!(quota.unwrap().metadata.namespace.as_deref(), Some("team-a"));
+        let role = req.related_named::<ClusterRole>("team-a").unwrap();
+        assert!(
+            role.is_some(),
+            "a cluster-scoped kind is looked up without a namespace"
+        );
+        assert!(
+            req.related_in::<ResourceQuota>(Some("team-b"), "default")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn another_cluster_scoped_primary_refuses_a_namespaced_lookup_naming_the_kind() {
+        use k8s_openapi::api::core::v1::ResourceQuota;
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        let req = cluster_scoped(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            &[QUOTA_IN_TEAM_A],
+        );
+        assert_eq!(req.child_namespace(), None);
+        assert_eq!(req.child_meta("x").namespace, None);
+        let err = req.related_named::<ResourceQuota>("default").unwrap_err();
+        assert!(!err.is_transient());
+        assert!(
+            err.message().contains("ResourceQuota is namespaced")
+                && err
+                    .message()
+                    .contains("ClusterRole team-a is cluster-scoped")
+                && err.message().contains("related_in"),
+            "{err}"
+        );
+        let found = req
+            .related_in::<ResourceQuota>(Some("team-a"), "default")
+            .unwrap();
+        assert!(found.is_some());
+        assert!(req.related_named::<ClusterRole>("x").unwrap().is_none());
     }
 
     #[test]
