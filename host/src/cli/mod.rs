@@ -56,8 +56,10 @@ pub enum Command {
     /// Print the ClusterRole and ClusterRoleBinding a host running the plugins of a
     /// directory needs: exactly what they declared plus the host's own needs.
     Rbac(RbacArgs),
-    /// Run a compiled plugin in the real sandbox against fixture cases (YAML files) and
-    /// report each case; exits non-zero if any fails.
+    /// Run a compiled plugin in the real sandbox against fixture cases (YAML files:
+    /// reconcile, finalize or mapToPrimaries cases, see the plugin guide's case file
+    /// reference) and report each case; a file that is not a valid case is a failed case.
+    /// Exits non-zero if any fails.
     Test {
         /// The plugin component (.wasm).
         plugin: PathBuf,

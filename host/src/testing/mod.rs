@@ -13,9 +13,9 @@
 pub mod case;
 mod matcher;
 
-pub use case::{Case, Expect, ExpectError};
+pub use case::{Call, Case, Expect, ExpectError};
 
-use crate::contract::{Gvk, Output, Request};
+use crate::contract::{Gvk, KeyMapping, ObjectKey, Output, Request, kind_of};
 use crate::plugin::{self, Artifacts, Fault, Loaded, Loader};
 use crate::sandbox::{self, CacheView, Clock, LogLine, Sandbox};
 use crate::selector::Selector;
@@ -71,18 +71,47 @@ impl Report {
     }
 }
 
-/// Runs every case in `dir`.
+/// Runs every case in `dir`. A file that is not a valid case is a failed case named
+/// after the file, with the reason; the others still run.
 ///
 /// # Errors
-/// [`Error::Case`] if a case file is unreadable or invalid (before anything runs).
+/// [`Error::Case`] if the directory is unreadable or holds no case.
 pub fn run_dir(plugin: &Loaded, dir: &Path) -> Result<Vec<Report>, Error> {
     let cases = case::read_dir(dir)?;
-    Ok(cases.iter().map(|c| run(plugin, c)).collect())
+    Ok(cases
+        .iter()
+        .map(|c| match c {
+            Ok(c) => run(plugin, c),
+            Err(e) => invalid(e),
+        })
+        .collect())
+}
+
+/// The report of a file that is not a valid case.
+fn invalid(e: &case::Error) -> Report {
+    let path = match e {
+        case::Error::Read { path, .. }
+        | case::Error::Parse { path, .. }
+        | case::Error::Invalid { path, .. }
+        | case::Error::Empty { path } => path,
+    };
+    Report {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        failures: vec![format!("not a valid case: {e}")],
+        diff: String::new(),
+        logs: Vec::new(),
+    }
 }
 
 /// Runs one case.
 pub fn run(plugin: &Loaded, c: &case::Loaded) -> Report {
     let case = &c.case;
+    let Some(export) = case.call.export() else {
+        return run_mapping(plugin, c);
+    };
     let request = Request {
         primary: case.primary.to_string(),
         related: case.related.iter().map(Value::to_string).collect(),
@@ -98,7 +127,7 @@ pub fn run(plugin: &Loaded, c: &case::Loaded) -> Report {
             .chain(&case.cache),
     ));
     let clock = c.now_ms.map(Clock::Fixed).unwrap_or_default();
-    let call = plugin.decide(case.call, &request, clock, cache);
+    let call = plugin.decide(export, &request, clock, cache);
     let mut report = Report {
         name: c.name.clone(),
         failures: Vec::new(),
@@ -107,6 +136,75 @@ pub fn run(plugin: &Loaded, c: &case::Loaded) -> Report {
     };
     compare(&case.expect, call.result, &mut report);
     report
+}
+
+/// Runs a mapping case: `map-to-primaries` on the watched object, with the cache.
+fn run_mapping(plugin: &Loaded, c: &case::Loaded) -> Report {
+    let case = &c.case;
+    let mut report = Report {
+        name: c.name.clone(),
+        failures: Vec::new(),
+        diff: String::new(),
+        logs: Vec::new(),
+    };
+    let Some(object) = &case.object else {
+        report
+            .failures
+            .push("a mapToPrimaries case needs `object`".into());
+        return report;
+    };
+    let kind = kind_of(object);
+    let custom = plugin
+        .metadata
+        .watches
+        .iter()
+        .any(|w| w.kind == kind && w.mapping == KeyMapping::Custom);
+    if !custom {
+        report.failures.push(format!(
+            "the plugin does not watch {kind} with a custom mapping (Mapping::Custom), so the \
+             host never calls map-to-primaries for it"
+        ));
+        return report;
+    }
+    let cache = Arc::new(FixtureCache::new(
+        std::iter::once(object).chain(&case.cache),
+    ));
+    let call = plugin.map_to_primaries(&kind, &object.to_string(), cache);
+    report.logs = call.logs;
+    match (call.result, &case.expect.error) {
+        (Ok(keys), None) => {
+            let want = sorted(case.expect.primaries.iter().flatten().cloned());
+            let got = sorted(keys.iter().map(ObjectKey::to_string));
+            if want != got {
+                report.failures.push(format!(
+                    "primaries: expected [{}], got [{}]",
+                    want.join(", "),
+                    got.join(", ")
+                ));
+                report
+                    .diff
+                    .push_str(&unified("primaries", &json!(want), &json!(got)));
+            }
+        }
+        (Ok(keys), Some(e)) => report.failures.push(format!(
+            "expected an error ({e:?}), but the plugin mapped to {} key(s)",
+            keys.len()
+        )),
+        (Err(fault), Some(ExpectError::Fault(w))) if fault.to_string().contains(w.as_str()) => {}
+        (Err(fault), want) => report.failures.push(match want {
+            Some(want) => format!("expected error {want:?}, got: {fault}"),
+            None => format!("expected primaries, but the plugin {fault}"),
+        }),
+    }
+    report
+}
+
+/// Keys sorted and deduplicated: the host reconciles each key once, in no set order.
+fn sorted(keys: impl Iterator<Item = String>) -> Vec<String> {
+    let mut keys: Vec<String> = keys.collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn compare(expect: &Expect, result: Result<Output, Fault>, report: &mut Report) {

@@ -46,6 +46,64 @@ fn rollout_cases_pass_in_the_real_sandbox() {
     cases_pass("rollout");
 }
 
+/// `rekon test` on rollout with a mapping case that expects a wrong primary, a right
+/// one, and a file that is not a case: the wrong one fails with a diff of the keys, the
+/// invalid file is a failed case naming the reason, the right one still runs and passes,
+/// and the exit code is 1.
+#[test]
+fn a_wrong_mapping_case_fails_with_a_diff_and_an_invalid_file_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = plugins::workspace().join("plugins/rollout/cases");
+    let right = cases.join("06-maps-a-configmap-to-the-opted-in-deployments-using-it.yaml");
+    let right = std::fs::read_to_string(right).expect("rollout's mapping case");
+    assert!(
+        right.contains("primaries: [shop/web, shop/worker]"),
+        "{right}"
+    );
+    std::fs::write(dir.path().join("01-right.yaml"), &right).unwrap();
+    let wrong = right
+        .replace(
+            "name: a ConfigMap maps",
+            "name: wrongly expected, a ConfigMap maps",
+        )
+        .replace("[shop/web, shop/worker]", "[shop/web, shop/legacy]");
+    std::fs::write(dir.path().join("02-wrong.yaml"), wrong).unwrap();
+    std::fs::write(
+        dir.path().join("03-invalid.yaml"),
+        "call: mapToPrimaries\nexpect: { primaries: [] }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(rekon_tests::binary::rekon())
+        .arg("test")
+        .arg(plugins::path("rollout"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok   a ConfigMap maps to the opted-in Deployments"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL wrongly expected")
+            && stdout.contains(
+                "primaries: expected [shop/legacy, shop/web], got [shop/web, shop/worker]"
+            )
+            && stdout.contains("-- shop/legacy")
+            && stdout.contains("+- shop/worker"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL 03-invalid.yaml")
+            && stdout.contains("not a valid case")
+            && stdout.contains("needs `object`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
+}
+
 #[test]
 fn nodepool_cases_pass_in_the_real_sandbox() {
     cases_pass("nodepool");
