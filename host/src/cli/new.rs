@@ -5,6 +5,11 @@
 //! created against the `guest-sdk` directory of the rekon source tree this binary was
 //! built from, or the one `--sdk` names. It has a `[workspace]` table of its own, so it
 //! builds wherever it is put.
+//!
+//! The primary kind is a custom resource (`GROUP/VERSION/KIND`, with a CRD) or a
+//! built-in kind ([`BUILTINS`]: `v1/Namespace`, `apps/v1/Deployment`, …), which gets the
+//! decorator template: no CRD, a ConfigMap child for each opted-in object, as the
+//! `netdefaults` example does.
 
 use clap::Args;
 use std::fmt::Write as _;
@@ -18,8 +23,10 @@ pub struct NewArgs {
     /// Directory to create the crate in (default: ./NAME). Must not exist, or be empty.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// The primary kind, a custom resource: GROUP/VERSION/KIND (default:
-    /// example.dev/v1alpha1/<NAME in UpperCamelCase>).
+    /// The primary kind: a custom resource, GROUP/VERSION/KIND (default:
+    /// example.dev/v1alpha1/<NAME in UpperCamelCase>), or a built-in kind, VERSION/KIND or
+    /// GROUP/VERSION/KIND (v1/Namespace, v1/ConfigMap, apps/v1/Deployment…), which makes
+    /// a decorator: no CRD, a ConfigMap for each opted-in object.
     #[arg(long)]
     pub kind: Option<String>,
     /// The rekon-sdk source directory (rekon's `guest-sdk`) to depend on (default: the one
@@ -39,7 +46,8 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The kind is not GROUP/VERSION/KIND of a custom resource.
+    /// The kind is neither GROUP/VERSION/KIND of a custom resource nor a built-in kind
+    /// the templates know.
     #[error("invalid --kind {kind:?}: {reason}")]
     InvalidKind {
         /// The kind given.
@@ -94,6 +102,94 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "cases/02-without-a-message.yaml",
         include_str!("../../templates/new/cases/02-without-a-message.yaml"),
+    ),
+];
+
+/// The decorator template's files, for a built-in primary kind.
+const DECORATOR_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../templates/new/Cargo.toml.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../templates/new/decorator/README.md"),
+    ),
+    (".gitignore", include_str!("../../templates/new/gitignore")),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/new/decorator/src/lib.rs"),
+    ),
+    (
+        "src/tests.rs",
+        include_str!("../../templates/new/decorator/src/tests.rs"),
+    ),
+    (
+        "cases/01-labelled-gets-a-config-map.yaml",
+        include_str!("../../templates/new/decorator/cases/01-labelled-gets-a-config-map.yaml"),
+    ),
+    (
+        "cases/02-unlabelled-gets-nothing.yaml",
+        include_str!("../../templates/new/decorator/cases/02-unlabelled-gets-nothing.yaml"),
+    ),
+];
+
+/// A built-in kind the decorator template can reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Builtin {
+    /// API group, empty for the core group.
+    pub group: &'static str,
+    /// API version.
+    pub version: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// The k8s-openapi module holding its type, under `k8s_openapi::api`.
+    pub module: &'static str,
+    /// Whether its objects live in a namespace (`Namespace` is the one that does not:
+    /// its children go into the namespace it names).
+    pub namespaced: bool,
+}
+
+const fn builtin(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    module: &'static str,
+    namespaced: bool,
+) -> Builtin {
+    Builtin {
+        group,
+        version,
+        kind,
+        module,
+        namespaced,
+    }
+}
+
+/// The built-in kinds `rekon new --kind` takes: those of the core, apps, batch and
+/// networking groups a decorator is usually about. Other cluster-scoped kinds have no
+/// namespace for a ConfigMap child, so they are not offered.
+pub const BUILTINS: &[Builtin] = &[
+    builtin("", "v1", "Namespace", "core::v1", false),
+    builtin("", "v1", "ConfigMap", "core::v1", true),
+    builtin("", "v1", "Secret", "core::v1", true),
+    builtin("", "v1", "Service", "core::v1", true),
+    builtin("", "v1", "ServiceAccount", "core::v1", true),
+    builtin("", "v1", "Pod", "core::v1", true),
+    builtin("", "v1", "PersistentVolumeClaim", "core::v1", true),
+    builtin("apps", "v1", "Deployment", "apps::v1", true),
+    builtin("apps", "v1", "StatefulSet", "apps::v1", true),
+    builtin("apps", "v1", "DaemonSet", "apps::v1", true),
+    builtin("apps", "v1", "ReplicaSet", "apps::v1", true),
+    builtin("batch", "v1", "Job", "batch::v1", true),
+    builtin("batch", "v1", "CronJob", "batch::v1", true),
+    builtin("networking.k8s.io", "v1", "Ingress", "networking::v1", true),
+    builtin(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networking::v1",
+        true,
     ),
 ];
 
@@ -218,6 +314,8 @@ pub struct Vars {
     pub kind: String,
     /// The rekon-sdk directory the crate depends on.
     pub sdk: PathBuf,
+    /// The built-in kind, for the decorator template; `None` for a custom resource.
+    pub builtin: Option<Builtin>,
 }
 
 impl Vars {
@@ -231,11 +329,24 @@ impl Vars {
             name: name.to_owned(),
             reason,
         })?;
+        let invalid = |k: &str, reason| Error::InvalidKind {
+            kind: k.to_owned(),
+            reason,
+        };
+        if let Some(k) = kind
+            && let Some(b) = find_builtin(k).map_err(|reason| invalid(k, reason))?
+        {
+            return Ok(Self {
+                name: name.to_owned(),
+                group: b.group.to_owned(),
+                version: b.version.to_owned(),
+                kind: b.kind.to_owned(),
+                sdk,
+                builtin: Some(b),
+            });
+        }
         let (group, version, kind) = match kind {
-            Some(k) => parse_kind(k).map_err(|reason| Error::InvalidKind {
-                kind: k.to_owned(),
-                reason,
-            })?,
+            Some(k) => parse_kind(k).map_err(|reason| invalid(k, reason))?,
             None => {
                 let kind = upper_camel(name);
                 check_kind_name(&kind).map_err(|reason| Error::InvalidName {
@@ -251,7 +362,40 @@ impl Vars {
             version,
             kind,
             sdk,
+            builtin: None,
         })
+    }
+
+    /// `group/version`, or `version` for the core group.
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The namespace the templates' fixture primary `hello` puts its children in.
+    fn child_ns(&self) -> &'static str {
+        match self.builtin {
+            Some(b) if !b.namespaced => "hello",
+            _ => "default",
+        }
+    }
+
+    /// The `use` lines of the decorator: the primary's type and ConfigMap.
+    fn imports(&self) -> String {
+        let Some(b) = self.builtin else {
+            return String::new();
+        };
+        let core = "use rekon_sdk::k8s_openapi::api::core::v1::";
+        match (b.module, b.kind) {
+            ("core::v1", "ConfigMap") => format!("{core}ConfigMap;"),
+            ("core::v1", kind) => format!("{core}{{ConfigMap, {kind}}};"),
+            (module, kind) => {
+                format!("use rekon_sdk::k8s_openapi::api::{module}::{kind};\n{core}ConfigMap;")
+            }
+        }
     }
 
     /// The value of one template variable.
@@ -262,7 +406,27 @@ impl Vars {
             "group" => self.group.clone(),
             "version" => self.version.clone(),
             "kind" => self.kind.clone(),
-            "api_version" => format!("{}/{}", self.group, self.version),
+            "api_version" => self.api_version(),
+            "imports" => self.imports(),
+            "label" => format!("example.dev/{}", self.name),
+            "child_ns" => self.child_ns().to_owned(),
+            "ns_builder" => match self.child_ns() {
+                "default" => ".ns(\"default\")".to_owned(),
+                _ => String::new(),
+            },
+            "ns_field" => match self.child_ns() {
+                "default" => " namespace: default,".to_owned(),
+                _ => String::new(),
+            },
+            "child_where" => match self.child_ns() {
+                "default" => format!("in the {}'s namespace", self.kind),
+                _ => "inside it".to_owned(),
+            },
+            "child_meta_comment" => match self.child_ns() {
+                "default" => "In the primary's namespace; the host adds the owner reference.",
+                _ => "In the namespace this Namespace names; the host adds the owner reference.",
+            }
+            .to_owned(),
             "plural" => crate::rbac::plural(&self.kind),
             "singular" => self.kind.to_ascii_lowercase(),
             "sdk_path" => toml_string(&self.sdk.to_string_lossy()),
@@ -277,7 +441,12 @@ impl Vars {
 /// If a template names a variable [`Vars`] does not define: a bug in the templates,
 /// which the unit tests catch.
 pub fn render(vars: &Vars) -> Vec<(PathBuf, String)> {
-    TEMPLATES
+    let templates = if vars.builtin.is_some() {
+        DECORATOR_TEMPLATES
+    } else {
+        TEMPLATES
+    };
+    templates
         .iter()
         .map(|(path, template)| (PathBuf::from(path), fill(template, vars)))
         .collect()
@@ -368,11 +537,15 @@ fn report(vars: &Vars, dir: &Path, files: &[(PathBuf, String)]) -> String {
     let crate_name = vars.name.replace('-', "_");
     let _ = writeln!(
         out,
-        "created plugin {} (primary {}/{} {}) in {}:",
+        "created plugin {} (primary {} {}{}) in {}:",
         vars.name,
-        vars.group,
-        vars.version,
+        vars.api_version(),
         vars.kind,
+        if vars.builtin.is_some() {
+            ", built in: a decorator without a CRD"
+        } else {
+            ""
+        },
         dir.display()
     );
     for (path, _) in files {
@@ -418,6 +591,43 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The built-in kind `s` names (`VERSION/KIND` for the core group, or
+/// `GROUP/VERSION/KIND`); `Ok(None)` if it names a custom resource (a group with a dot,
+/// not `*.k8s.io`).
+fn find_builtin(s: &str) -> Result<Option<Builtin>, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let (group, version, kind) = match parts.as_slice() {
+        [version, kind] => ("", *version, *kind),
+        [group, version, kind] => (*group, *version, *kind),
+        _ => return Ok(None),
+    };
+    let custom = group.contains('.') && !group.ends_with(".k8s.io");
+    if custom {
+        return Ok(None);
+    }
+    if let Some(b) = BUILTINS
+        .iter()
+        .find(|b| b.group == group && b.version == version && b.kind == kind)
+    {
+        return Ok(Some(*b));
+    }
+    let known: Vec<String> = BUILTINS
+        .iter()
+        .map(|b| {
+            if b.group.is_empty() {
+                format!("{}/{}", b.version, b.kind)
+            } else {
+                format!("{}/{}/{}", b.group, b.version, b.kind)
+            }
+        })
+        .collect();
+    Err(format!(
+        "not a built-in kind the templates know (they know {}); for a custom resource, \
+         give GROUP/VERSION/KIND with a group like example.dev",
+        known.join(", ")
+    ))
+}
+
 /// `GROUP/VERSION/KIND` of a custom resource.
 fn parse_kind(s: &str) -> Result<(String, String, String), String> {
     let parts: Vec<&str> = s.split('/').collect();
@@ -434,7 +644,7 @@ fn parse_kind(s: &str) -> Result<(String, String, String), String> {
     if !group_ok {
         return Err(format!(
             "the group {group:?} must be a lowercase DNS name with a dot, like example.dev \
-             (the template defines a custom resource; for a built-in kind, edit the generated code)"
+             (or a built-in kind, like v1/Namespace or apps/v1/Deployment)"
         ));
     }
     let version_ok = version.starts_with('v')
@@ -640,8 +850,14 @@ mod tests {
     fn invalid_kinds_are_refused_with_the_reason() {
         for (kind, reason) in [
             ("Greeting", "GROUP/VERSION/KIND"),
-            ("v1/ConfigMap", "GROUP/VERSION/KIND"),
-            ("apps/v1/Deployment", "lowercase DNS name with a dot"),
+            ("v1/Frobnicator", "not a built-in kind the templates know"),
+            ("apps/v1/Widget", "they know v1/Namespace, v1/ConfigMap"),
+            ("v1/Node", "apps/v1/Deployment"),
+            (
+                "rbac.authorization.k8s.io/v1/ClusterRole",
+                "not a built-in kind",
+            ),
+            ("a/b/c/d", "GROUP/VERSION/KIND"),
             ("example.dev/1/Greeting", "v1, v1alpha1"),
             ("example.dev/v1/greeting", "UpperCamelCase"),
             ("example.dev/v1/Plugin", "clash"),
@@ -702,5 +918,108 @@ mod tests {
         let err = new(&args).unwrap_err();
         assert!(err.to_string().contains("pass --sdk"), "{err}");
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_built_in_kind_gets_the_decorator_template_without_a_crd() {
+        let v = vars("decorator-x", Some("v1/Namespace"));
+        assert_eq!(
+            (
+                v.api_version(),
+                v.kind.as_str(),
+                v.builtin.map(|b| b.namespaced)
+            ),
+            ("v1".to_owned(), "Namespace", Some(false))
+        );
+        let files = render(&v);
+        let paths: Vec<_> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "Cargo.toml",
+                "README.md",
+                ".gitignore",
+                "src/lib.rs",
+                "src/tests.rs",
+                "cases/01-labelled-gets-a-config-map.yaml",
+                "cases/02-unlabelled-gets-nothing.yaml"
+            ]
+        );
+        for (path, contents) in &files {
+            assert!(
+                !contents.contains("{{") && !contents.contains("}}"),
+                "{} keeps a placeholder:\n{contents}",
+                path.display()
+            );
+        }
+        let lib = file(&files, "src/lib.rs");
+        assert!(
+            lib.contains("use rekon_sdk::k8s_openapi::api::core::v1::{ConfigMap, Namespace};"),
+            "{lib}"
+        );
+        assert!(
+            lib.contains("Metadata::new::<Namespace>(\"decorator-x\""),
+            "{lib}"
+        );
+        assert!(!file(&files, "README.md").contains("crd.yaml"));
+    }
+
+    #[test]
+    fn built_in_kinds_of_the_core_and_apps_groups_are_imported_from_their_module() {
+        for (kind, import, namespaced) in [
+            (
+                "v1/ConfigMap",
+                "use rekon_sdk::k8s_openapi::api::core::v1::ConfigMap;",
+                true,
+            ),
+            ("v1/Service", "core::v1::{ConfigMap, Service};", true),
+            (
+                "apps/v1/Deployment",
+                "use rekon_sdk::k8s_openapi::api::apps::v1::Deployment;",
+                true,
+            ),
+            (
+                "networking.k8s.io/v1/Ingress",
+                "api::networking::v1::Ingress;",
+                true,
+            ),
+        ] {
+            let v = vars("deco", Some(kind));
+            assert_eq!(v.builtin.map(|b| b.namespaced), Some(namespaced), "{kind}");
+            let lib = render(&v)
+                .into_iter()
+                .find(|(p, _)| p == Path::new("src/lib.rs"))
+                .unwrap()
+                .1;
+            assert!(lib.contains(import), "{kind}:\n{lib}");
+        }
+    }
+
+    #[test]
+    fn the_decorator_cases_parse_with_children_where_the_primary_puts_them() {
+        for (kind, api_version, child_ns) in [
+            ("v1/Namespace", "v1", "hello"),
+            ("apps/v1/Deployment", "apps/v1", "default"),
+        ] {
+            let files = render(&vars("decorator-x", Some(kind)));
+            let mut cases = 0;
+            for (path, contents) in files.iter().filter(|(p, _)| p.starts_with("cases")) {
+                let loaded = case::parse(contents, path).unwrap();
+                assert_eq!(loaded.case.primary["apiVersion"], api_version);
+                assert!(
+                    loaded.case.primary["metadata"]["labels"]["example.dev/decorator-x"]
+                        .is_string()
+                );
+                assert_eq!(
+                    loaded.case.primary["metadata"]["namespace"].as_str(),
+                    (child_ns == "default").then_some("default"),
+                    "{kind}"
+                );
+                cases += 1;
+            }
+            assert_eq!(cases, 2);
+            let tests = file(&files, "src/tests.rs");
+            assert!(tests.contains(&format!("Some(\"{child_ns}\")")), "{tests}");
+        }
     }
 }

@@ -72,53 +72,83 @@ fn unit_tests_passed(output: &str) -> usize {
         .unwrap_or_else(|| panic!("no `test result: ok.` line in:\n{output}"))
 }
 
-#[test]
-fn a_new_plugin_passes_its_unit_tests_natively_and_its_cases_compiled() {
+/// `rekon new NAME --kind KIND` makes a crate with `files` whose 3 unit tests pass
+/// natively and whose 2 cases pass compiled, in rekon's sandbox.
+fn scaffold_passes(name: &str, kind: &str, files: &[&str]) {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("hello-world");
+    let dir = tmp.path().join(name);
     let created = run(
         Command::new(rekon())
-            .args([
-                "new",
-                "hello-world",
-                "--kind",
-                "example.dev/v1/Hello",
-                "--dir",
-            ])
+            .args(["new", name, "--kind", kind, "--dir"])
             .arg(&dir),
         "rekon new",
     );
-    assert!(created.contains("created plugin hello-world"), "{created}");
-    for file in [
-        "Cargo.toml",
-        "README.md",
-        "crd.yaml",
-        "src/lib.rs",
-        "src/tests.rs",
-    ] {
+    assert!(
+        created.contains(&format!("created plugin {name}")),
+        "{created}"
+    );
+    for file in files {
         assert!(dir.join(file).is_file(), "{file} missing: {created}");
     }
+    assert_eq!(
+        dir.join("crd.yaml").exists(),
+        files.contains(&"crd.yaml"),
+        "a CRD only for a custom resource: {created}"
+    );
     copy_lock(&dir);
 
-    let tested = run(cargo(&dir).arg("test"), "cargo test (hello-world)");
+    let tested = run(cargo(&dir).arg("test"), &format!("cargo test ({name})"));
     assert_eq!(unit_tests_passed(&tested), 3, "{tested}");
 
     run(
         cargo(&dir).args(["build", "--release", "--target", "wasm32-wasip2"]),
-        "cargo build --target wasm32-wasip2 (hello-world)",
+        &format!("cargo build --target wasm32-wasip2 ({name})"),
     );
     let report = run(
         Command::new(rekon())
             .arg("test")
-            .arg(wasm("hello-world"))
+            .arg(wasm(name))
             .arg(dir.join("cases")),
-        "rekon test (hello-world)",
+        &format!("rekon test ({name})"),
     );
     assert!(report.contains("2 passed, 0 failed"), "{report}");
     eprintln!(
-        "scaffold: rekon new → cases pass: {:.1?}",
+        "scaffold: rekon new {kind} → cases pass: {:.1?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn a_new_plugin_passes_its_unit_tests_natively_and_its_cases_compiled() {
+    scaffold_passes(
+        "hello-world",
+        "example.dev/v1/Hello",
+        &[
+            "Cargo.toml",
+            "README.md",
+            "crd.yaml",
+            "src/lib.rs",
+            "src/tests.rs",
+        ],
+    );
+}
+
+#[test]
+fn a_new_decorator_of_a_built_in_namespace_passes_its_unit_tests_and_its_cases_compiled() {
+    scaffold_passes(
+        "decorator-x",
+        "v1/Namespace",
+        &["Cargo.toml", "README.md", "src/lib.rs", "src/tests.rs"],
+    );
+}
+
+#[test]
+fn a_new_decorator_of_a_built_in_deployment_passes_its_unit_tests_and_its_cases_compiled() {
+    scaffold_passes(
+        "deploy-deco",
+        "apps/v1/Deployment",
+        &["Cargo.toml", "README.md", "src/lib.rs", "src/tests.rs"],
     );
 }
 
