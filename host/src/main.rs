@@ -34,7 +34,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(cli::run(args))
+            runtime.block_on(cli::run(*args))
         }
         Command::Rbac(args) => {
             print!("{}", cli::rbac(&args)?);

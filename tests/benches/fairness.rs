@@ -1,7 +1,7 @@
 //! Fairness between plugins: webapp's event→reconcile latency alone, then beside a plugin
 //! that loops to its time budget on many primaries, with the sandbox slots handed out
 //! first come, first served (a plain semaphore, as before) and fairly
-//! (`controller::slots`).
+//! (`controller::slots`), and with calls sharing CPU turns (`sandbox::Cpu`, the default).
 //!
 //! Each phase runs an in-process `Host` scoped to a fresh namespace of one local control
 //! plane, with `FAIRNESS_SLOTS` sandbox slots (default 64, `rekon run`'s: the sandbox
@@ -78,12 +78,14 @@ impl Settings {
     }
 }
 
-/// One phase: whether the looping plugin runs, how slots are handed out, its cap.
+/// One phase: whether the looping plugin runs, how slots are handed out, its cap, and
+/// whether calls share CPU turns (`sandbox::Config::cpus`, on by default in `rekon run`).
 struct Phase {
     name: String,
     looping: bool,
     policy: slots::Policy,
     share: Option<usize>,
+    cpu_turns: bool,
 }
 
 /// What a phase measured.
@@ -99,29 +101,40 @@ fn main() {
         looping: false,
         policy: slots::Policy::Fair,
         share: None,
+        cpu_turns: true,
     }];
     let which = settings.which.as_deref();
     if which != Some("fair") {
         phases.push(Phase {
-            name: "beside the loop, shared (first come)".into(),
+            name: "beside the loop, first-come slots, no CPU turns".into(),
             looping: true,
             policy: slots::Policy::Fifo,
             share: None,
+            cpu_turns: false,
         });
     }
     if which != Some("shared") {
         phases.push(Phase {
-            name: "beside the loop, fair".into(),
+            name: "beside the loop, fair slots, no CPU turns".into(),
             looping: true,
             policy: slots::Policy::Fair,
             share: None,
+            cpu_turns: false,
+        });
+        phases.push(Phase {
+            name: "beside the loop, fair slots and CPU turns".into(),
+            looping: true,
+            policy: slots::Policy::Fair,
+            share: None,
+            cpu_turns: true,
         });
         if let Some(n) = settings.share {
             phases.push(Phase {
-                name: format!("beside the loop, fair, loop's sandboxShare {n}"),
+                name: format!("beside the loop, fair, CPU turns, sandboxShare {n}"),
                 looping: true,
                 policy: slots::Policy::Fair,
                 share: Some(n),
+                cpu_turns: true,
             });
         }
     }
@@ -130,14 +143,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let loader = loader();
-    let webapp = loader
-        .load_file(&plugins::path("webapp"))
-        .expect("webapp loads");
-    let mut hostile = loader
-        .load_file(&plugins::path("hostile-plugin"))
-        .expect("the hostile plugin loads");
-    hostile.limits.time_budget = settings.budget;
+    // webapp and the hostile plugin loaded into a sandbox with CPU turns, and one without.
+    let with_turns = load(sandbox::Config::default(), &settings);
+    let without_turns = load(
+        sandbox::Config {
+            cpus: 0,
+            ..Default::default()
+        },
+        &settings,
+    );
 
     println!(
         "fairness: {} slots, {} WebApps, {} looping primaries at a {:?} budget, {} samples a phase, {} cores",
@@ -162,7 +176,12 @@ fn main() {
         }
         let mut rows = Vec::new();
         for (i, phase) in phases.iter().enumerate() {
-            let figures = run_phase(&client, &settings, phase, i, &webapp, &hostile).await;
+            let (webapp, hostile) = if phase.cpu_turns {
+                &with_turns
+            } else {
+                &without_turns
+            };
+            let figures = run_phase(&client, &settings, phase, i, webapp, hostile).await;
             rows.push((phase, figures));
         }
         print_table(&rows);
@@ -170,10 +189,19 @@ fn main() {
     });
 }
 
-fn loader() -> Loader {
-    let sandbox = Sandbox::new(sandbox::Config::default()).expect("the sandbox starts");
+/// webapp and the hostile plugin (at the settings' budget) in a sandbox of `config`.
+fn load(config: sandbox::Config, settings: &Settings) -> (Loaded, Loaded) {
+    let sandbox = Sandbox::new(config).expect("the sandbox starts");
     let dir = plugins::target_dir().join("rekon-test-artifacts");
-    Loader::new(sandbox, Artifacts::in_dir(dir), sandbox::Limits::default())
+    let loader = Loader::new(sandbox, Artifacts::in_dir(dir), sandbox::Limits::default());
+    let webapp = loader
+        .load_file(&plugins::path("webapp"))
+        .expect("webapp loads");
+    let mut hostile = loader
+        .load_file(&plugins::path("hostile-plugin"))
+        .expect("the hostile plugin loads");
+    hostile.limits.time_budget = settings.budget;
+    (webapp, hostile)
 }
 
 fn webapps(client: &kube::Client, ns: &str) -> Api<DynamicObject> {

@@ -52,7 +52,7 @@ pub enum Command {
     /// src/tests.rs, cases/, crd.yaml and a README.
     New(NewArgs),
     /// Run the controllers of every plugin in a directory against a cluster, until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the ClusterRole and ClusterRoleBinding a host running the plugins of a
     /// directory needs: exactly what they declared plus the host's own needs.
     Rbac(RbacArgs),

@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// write that times out counts as a failure and is retried with backoff.
     #[arg(long, env = "REKON_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub request_timeout: Duration,
+    /// CPU turns for plugin code: how many calls run guest code at once, shared fairly
+    /// between plugins, with time budgets counting the time a call ran (0: no sharing,
+    /// budgets in wall time). Default: the cores available to the process (a container's
+    /// CPU quota included).
+    #[arg(long, env = "REKON_SANDBOX_CPUS")]
+    pub sandbox_cpus: Option<usize>,
 }
 
 /// A kube client from `kubeconfig`, or inferred (in-cluster, then `~/.kube/config`).
@@ -207,7 +213,13 @@ fn build_host(
     identity: &str,
     fence: &Fence,
 ) -> anyhow::Result<(Host, Loader)> {
-    let sandbox = Sandbox::new(sandbox::Config::default())?;
+    let mut config = sandbox::Config::default();
+    if let Some(cpus) = args.sandbox_cpus {
+        config.cpus = cpus;
+    }
+    let sandbox = Sandbox::new(config)?;
+    let turns = sandbox.cpu().map_or(0, |cpu| cpu.turns());
+    tracing::info!(cpu_turns = turns, "sandbox ready");
     let artifacts = args
         .artifact_dir
         .clone()

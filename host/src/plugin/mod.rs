@@ -223,6 +223,7 @@ impl Loader {
             .result
             .map_err(|source| Error::MetadataCall { source })?;
         metadata::validate(&meta).map_err(|reason| Error::InvalidMetadata { reason })?;
+        let pre = pre.named(&meta.name);
         Ok(Loaded {
             metadata: Arc::new(meta),
             digest,

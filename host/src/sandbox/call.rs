@@ -10,9 +10,10 @@ use super::limits::Limits;
 use super::log::LogLine;
 use super::state::{CacheGrant, Clock, HostState, MemoryCapExceeded};
 use crate::contract::{Export, GuestError, Gvk, Metadata, ObjectKey, Request};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::Store;
 use wasmtime::component::Component;
+use wasmtime::{Store, UpdateDeadline};
 
 impl Sandbox {
     /// Pre-instantiates a compiled component against the host's linker.
@@ -76,11 +77,24 @@ impl<T, E> Call<T, E> {
 pub struct PluginPre {
     sandbox: Sandbox,
     pre: BindingsPre<HostState>,
+    tenant: Arc<str>,
 }
 
 impl PluginPre {
     pub(crate) fn new(sandbox: Sandbox, pre: BindingsPre<HostState>) -> Self {
-        Self { sandbox, pre }
+        Self {
+            sandbox,
+            pre,
+            tenant: Arc::from("(loading)"),
+        }
+    }
+
+    /// The name its calls share CPU turns under ([`Sandbox::cpu`]): the plugin's, once
+    /// its metadata is known; `(loading)` before.
+    #[must_use]
+    pub fn named(mut self, tenant: &str) -> Self {
+        self.tenant = Arc::from(tenant);
+        self
     }
 
     /// Calls `metadata()`. The cache imports refuse every read during this call.
@@ -140,7 +154,23 @@ impl PluginPre {
         let state = HostState::new(limits.memory_bytes, limits.log_bytes, clock, scope);
         let mut store = Store::new(self.sandbox.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.sandbox.ticks(limits.time_budget));
+        match self.sandbox.cpu() {
+            // Run on a CPU turn: at every tick, stop at the budget of time run, else offer
+            // the turn to another plugin's waiting call.
+            Some(cpu) => {
+                let mut turn = cpu.enter(&self.tenant);
+                let budget = limits.time_budget;
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if turn.ran() >= budget {
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
+                    turn.share();
+                    Ok(UpdateDeadline::Continue(1))
+                });
+            }
+            None => store.set_epoch_deadline(self.sandbox.ticks(limits.time_budget)),
+        }
         let instantiated = self.pre.instantiate(&mut store);
         let ran = Instant::now();
         phases.instantiate = ran - started;

@@ -2,6 +2,7 @@
 //! pre-instantiated against.
 
 use super::bindings::Plugin as Bindings;
+use super::cpu::Cpu;
 use super::error::boxed;
 use super::state::HostState;
 use std::sync::Arc;
@@ -22,8 +23,14 @@ pub struct Config {
     pub keep_resident: usize,
     /// Maximum native stack for wasm code.
     pub max_wasm_stack: usize,
-    /// Granularity of time budgets.
+    /// Granularity of time budgets, and how often a running call offers its CPU turn to
+    /// another plugin's waiting call.
     pub epoch_tick: Duration,
+    /// CPU turns: how many calls may run guest code at once, shared fairly between plugins
+    /// ([`Cpu`]). Time budgets then count the time a call held its turn. 0 turns the
+    /// sharing off: calls run as soon as they have a slot, and budgets are wall time.
+    /// Default: the cores available to the process.
+    pub cpus: usize,
     /// Use the pooling allocator (faster fresh instances) instead of on-demand allocation.
     pub pooling: bool,
     /// When a pool slot is recycled, reset only the guest pages the call wrote (found with
@@ -57,6 +64,7 @@ impl Default for Config {
             keep_resident: 4 << 20,
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(5),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pooling: true,
             pagemap_scan: true,
             inlining: false,
@@ -94,6 +102,7 @@ struct Inner {
     compile_config: wasmtime::Config,
     linker: Linker<HostState>,
     config: Config,
+    cpu: Option<Cpu>,
     // Dropping the sender stops the epoch ticker.
     _ticker: mpsc::Sender<()>,
 }
@@ -159,6 +168,7 @@ impl Sandbox {
                 engine,
                 compile_config,
                 linker,
+                cpu: (config.cpus > 0).then(|| Cpu::new(config.cpus)),
                 config,
                 _ticker: tx,
             }),
@@ -173,6 +183,11 @@ impl Sandbox {
     /// The engine configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The CPU turns calls take, unless [`Config::cpus`] is 0.
+    pub fn cpu(&self) -> Option<&Cpu> {
+        self.inner.cpu.as_ref()
     }
 
     /// Takes this process's turn to compile a component: hold the returned guard while

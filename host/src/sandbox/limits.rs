@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct Limits {
     /// Cap on the guest's linear memory, in bytes.
     pub memory_bytes: usize,
-    /// Wall time one call may take.
+    /// Time one call may run: the time it held its CPU turn when the sandbox shares CPU
+    /// turns ([`Config::cpus`](super::Config::cpus), the default), else wall time.
     pub time_budget: Duration,
     /// Cap on the size of one call's output (all objects and patches together).
     pub output_bytes: usize,

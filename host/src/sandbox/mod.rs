@@ -4,8 +4,10 @@
 //! - Every call runs in a fresh [`wasmtime::Store`] and a fresh instance: nothing leaks
 //!   between calls, and a trapped instance is dropped with its store.
 //! - A call is bounded in memory (a [`Limits::memory_bytes`] cap enforced by a
-//!   `ResourceLimiter` that reports [`Error::OutOfMemory`]), in time (an epoch deadline,
-//!   [`Error::Timeout`]) and in stack ([`Error::StackOverflow`]).
+//!   `ResourceLimiter` that reports [`Error::OutOfMemory`]), in time (an epoch deadline
+//!   on the time it ran, [`Error::Timeout`]) and in stack ([`Error::StackOverflow`]).
+//! - Guest code runs on CPU turns shared fairly between plugins ([`Cpu`]): a plugin
+//!   looping on many calls cannot take the cores from another plugin's call.
 //! - WASI is linked with a closed context: no preopened directories, every socket address
 //!   denied, no name lookups, an empty environment and argument list, and stdout/stderr
 //!   captured (bounded) into the plugin's log.
@@ -16,6 +18,7 @@ mod bindings;
 mod call;
 mod compile;
 mod convert;
+mod cpu;
 mod engine;
 mod error;
 mod imports;
@@ -27,6 +30,7 @@ mod state;
 pub use call::{Call, Phases, PluginPre};
 pub use compile::Compiling;
 pub use convert::{RawMutation, RawOutput};
+pub use cpu::{Cpu, Turn};
 pub use engine::{Config, Sandbox, SetupError};
 pub use error::Error;
 pub(crate) use error::boxed;

@@ -370,6 +370,73 @@ fn an_endless_loop_is_stopped_by_the_time_budget() {
 }
 
 #[test]
+fn another_plugins_call_runs_while_a_looping_plugin_holds_every_cpu_turn() {
+    // One CPU turn; the hostile plugin's two looping calls want it for their whole 1 s
+    // budget each. Another plugin's call that arrives meanwhile must get the turn at the
+    // next epoch tick and finish first, not wait for a loop to time out.
+    let one_core = Sandbox::new(sandbox::Config {
+        pool_instances: 4,
+        cpus: 1,
+        ..Default::default()
+    })
+    .expect("sandbox starts");
+    let cpu = one_core.cpu().expect("CPU turns are on").clone();
+    let dir = plugins::target_dir().join("rekon-test-artifacts");
+    let loader = Loader::new(one_core, Artifacts::in_dir(dir), limits());
+    let hostile = loader
+        .load_file(&plugins::path("hostile-plugin"))
+        .expect("the hostile plugin loads");
+    let webapp = loader
+        .load_file(&plugins::path("webapp"))
+        .expect("webapp loads");
+    let (done, finished) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (hostile, done) = (hostile.clone(), done.clone());
+        std::thread::spawn(move || {
+            let call = hostile.reconcile(
+                &hostile_request(json!({"mode": "loop"})),
+                Clock::System,
+                Arc::new(NoCache),
+            );
+            let _ = done.send(("loop", call.result.map(|_| ())));
+        });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cpu.held(hostile.name()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a loop call never ran"
+        );
+        std::thread::yield_now();
+    }
+    std::thread::spawn(move || {
+        // Any quick call does: webapp answers a ConfigMap with an error at once.
+        let call = webapp.reconcile(
+            &hostile_request(json!({})),
+            Clock::System,
+            Arc::new(NoCache),
+        );
+        let _ = done.send(("webapp", call.result.map(|_| ())));
+    });
+    let order: Vec<_> = (0..3)
+        .map(|_| {
+            finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("every call ends")
+        })
+        .collect();
+    assert_eq!(order[0].0, "webapp", "webapp waited for a loop: {order:?}");
+    for (who, result) in &order[1..] {
+        assert_eq!(*who, "loop");
+        assert!(
+            matches!(result, Err(Fault::Sandbox(sandbox::Error::Timeout { .. }))),
+            "a loop call ends at its budget of time run: {result:?}"
+        );
+    }
+    assert!(cpu.handovers() >= 1, "the loop handed its turn over");
+}
+
+#[test]
 fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let err = run_hostile(json!({"mode": "alloc"})).unwrap_err();
     match err {
