@@ -479,7 +479,7 @@ async fn a_conflict_drops_the_rest_of_the_output_and_its_events() {
 
 /// A fault proxy in front of the API server and a host running `crate_name` with
 /// `options` through it, scoped to `ns`.
-async fn through_proxy(
+pub(crate) async fn through_proxy(
     client: &kube::Client,
     ns: &str,
     crate_name: &str,
@@ -504,7 +504,7 @@ async fn through_proxy(
 /// `change` (a foreign writer, straight to the API server) while it is held, releases it
 /// and returns the status the API server answered it with, and the write's position in
 /// the proxy's requests.
-async fn hold_next_write<F, Fut>(
+pub(crate) async fn hold_next_write<F, Fut>(
     proxy: &rekon_tests::proxy::FaultProxy,
     methods: &[http::Method],
     path: &str,
@@ -722,5 +722,81 @@ async fn an_adopting_apply_carries_the_resource_version_it_read_and_gets_409_aft
         Some("meanwhile"),
         "the foreign change is kept"
     );
+    assert!(count(&running.stats().conflicts) >= 1);
+}
+
+/// Issue 18, "finalizer removal racing a foreign finalizer": once `finalize` succeeded the
+/// host removes its finalizer with a merge patch (the whole `finalizers` list, without its
+/// own) conditioned on the primary it saw. The API server forbids adding a finalizer to an
+/// object being deleted, so the race is with a foreign controller removing its own: the
+/// fault proxy holds the host's patch while the foreign finalizer goes. The stale list
+/// (which still names it) must get 409, not be written; decided again, the host removes
+/// its own from the list as it now is and the object goes.
+#[tokio::test]
+async fn removing_the_finalizer_races_a_foreign_one_going_with_a_conditioned_patch() {
+    use http::Method;
+    const FOREIGN: &str = "example.com/foreign";
+    let (client, ns) = setup("fin-race").await;
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "stamp-fin-plugin",
+        PluginOptions::default(),
+    )
+    .await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "fin", "labels": {"rekon.dev/stamp": "true"},
+                         "finalizers": [FOREIGN]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let finalizers = async || {
+        cms.get_opt("fin")
+            .await
+            .unwrap()
+            .map(|c| c.metadata.finalizers.unwrap_or_default())
+    };
+    wait_until(
+        "the host's finalizer is on beside the foreign one",
+        WAIT,
+        || async { (finalizers().await? == [FOREIGN, "rekon.dev/stamp"]).then_some(()) },
+    )
+    .await
+    .unwrap();
+    idle(&running).await;
+    // While the primary is deleted, the host's only PATCH of it removes its finalizer.
+    let (status, _) = hold_next_write(
+        &proxy,
+        &[Method::PATCH],
+        "/configmaps/fin",
+        async {
+            cms.delete("fin", &DeleteParams::default()).await.unwrap();
+        },
+        || async {
+            let mut fin = cms.get("fin").await.unwrap();
+            fin.metadata
+                .finalizers
+                .get_or_insert_default()
+                .retain(|f| f != FOREIGN);
+            cms.replace("fin", &PostParams::default(), &fin)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "the removal was conditioned on what the host saw"
+    );
+    wait_until("the primary is gone", WAIT, || async {
+        finalizers().await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
     assert!(count(&running.stats().conflicts) >= 1);
 }
