@@ -13,7 +13,9 @@
 //! a path substring, watch or not) and an [`Action`]:
 //! - request actions act when a request arrives: [`Action::Respond`] answers with a
 //!   Kubernetes `Status` without forwarding, [`Action::Delay`] forwards late,
-//!   [`Action::BlackHole`] never answers. The first matching request rule acts.
+//!   [`Action::BlackHole`] never answers, [`Action::Hold`] forwards once the rule is
+//!   removed (a write in flight while the test changes the object). The first matching
+//!   request rule acts.
 //! - stream actions act on response bodies, chunk by chunk, including responses that
 //!   started before the rule was added: [`Action::DelayEvents`] delivers each chunk a
 //!   fixed time after it arrived from upstream, [`Action::HoldEvents`] holds chunks until
@@ -151,6 +153,11 @@ pub enum Action {
     /// stops) the connection is closed without an answer; usually the client's own
     /// timeout has ended the request before that.
     BlackHole,
+    /// Accept the request and forward it only when the rule is removed, then answer as
+    /// the API server does: a write held while a test changes its
+    /// object, which the API server then judges against the changed object. The held
+    /// request is in [`FaultProxy::requests`] (with this rule) from its arrival.
+    Hold,
     /// Deliver every chunk of a matching response body this long after it arrived from
     /// upstream, in order (a lagging watch). Removing the rule releases waiting chunks.
     DelayEvents(Duration),
@@ -352,6 +359,8 @@ enum Decision {
     Delay(Duration),
     /// Held until the rule is removed (`Some`) or the block is lifted (`None`).
     BlackHole(Option<RuleId>),
+    /// Held until the rule is removed, then forwarded.
+    Hold(RuleId),
 }
 
 /// Whether the next chunk of a stream may go.
@@ -405,6 +414,7 @@ impl Shared {
                         Action::Respond { status, reason } => Decision::Respond(status, reason, id),
                         Action::Delay(d) => Decision::Delay(d),
                         Action::BlackHole => Decision::BlackHole(Some(id)),
+                        Action::Hold => Decision::Hold(id),
                         Action::DelayEvents(_) | Action::HoldEvents => Decision::Forward,
                     }
                 })
@@ -795,6 +805,14 @@ async fn handle(
                 }
             }
             return Err("black-holed by the fault proxy; closing without an answer".into());
+        }
+        Decision::Hold(rule) => {
+            let mut changed = shared.changed.subscribe();
+            while shared.still_black_holed(Some(rule)) {
+                if changed.changed().await.is_err() {
+                    break;
+                }
+            }
         }
     }
 

@@ -255,6 +255,65 @@ mod tests {
     }
 
     #[test]
+    fn the_defaults_make_five_contested_writes_a_fight_held_30s_doubling_to_10_min_and_quiet_windows_reset()
+     {
+        let defaults = ThrashConfig::default();
+        assert_eq!(
+            defaults,
+            ThrashConfig {
+                threshold: 5,
+                window: Duration::from_secs(60),
+                hold: Duration::from_secs(30),
+                max_hold: Duration::from_secs(600),
+            }
+        );
+        let g = ThrashGuard::new(defaults);
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut rv = 1u64;
+        // The plugin writes the same again, and each time someone changed it meanwhile.
+        let mut contest = |at: Instant| {
+            let w = write(&rv.to_string(), &(rv + 1).to_string(), 7);
+            rv += 2;
+            g.observe(&primary(), &w, at)
+        };
+        assert_eq!(
+            contest(t0),
+            None,
+            "the first write has nothing to compare with"
+        );
+        let mut at = t0;
+        // Four contested writes in a minute are no fight; the fifth is. Back-to-back
+        // fights double the hold up to ten minutes.
+        for hold in [30, 60, 120, 240, 480, 600, 600] {
+            for _ in 0..4 {
+                at += secs(1);
+                assert_eq!(contest(at), None);
+            }
+            at += secs(1);
+            let fight = contest(at).expect("the fifth contested write within the window");
+            assert_eq!((fight.rounds, fight.hold), (5, secs(hold)));
+        }
+        // Three quiet windows keep the doubling (capped); four reset it to the first hold.
+        let fight_after =
+            |quiet: Duration,
+             at: &mut Instant,
+             contest: &mut dyn FnMut(Instant) -> Option<Fight>| {
+                *at += quiet;
+                for _ in 0..4 {
+                    assert_eq!(contest(*at), None);
+                }
+                contest(*at).expect("a fight").hold
+            };
+        assert_eq!(fight_after(secs(3 * 60), &mut at, &mut contest), secs(600));
+        assert_eq!(
+            fight_after(secs(4 * 60 + 1), &mut at, &mut contest),
+            secs(30)
+        );
+        assert_eq!(fight_after(secs(1), &mut at, &mut contest), secs(60));
+    }
+
+    #[test]
     fn no_op_writes_new_intents_and_old_rounds_are_not_a_fight() {
         let g = ThrashGuard::new(config());
         let t0 = Instant::now();

@@ -145,6 +145,25 @@ async fn webapp_children_follow_the_spec_and_are_collected_with_it() {
         (uid.as_str(), Some(true))
     );
     assert_eq!(d.spec.replicas, Some(2));
+    // One field manager per plugin: the applied fields, `spec.replicas` among them, are
+    // held by `rekon-webapp`, the only manager that applied.
+    let applied: Vec<_> = d
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.operation.as_deref() == Some("Apply"))
+        .collect();
+    assert_eq!(
+        applied
+            .iter()
+            .map(|f| f.manager.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("rekon-webapp")],
+        "{applied:?}"
+    );
+    let fields = serde_json::to_string(&applied[0].fields_v1).unwrap();
+    assert!(fields.contains("f:replicas"), "{fields}");
     let s = wait_until("the Service exists", WAIT, || async {
         services.get_opt("web").await.ok().flatten()
     })

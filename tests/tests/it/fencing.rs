@@ -295,3 +295,52 @@ async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounde
     .await
     .unwrap();
 }
+
+/// Issue 18, "fencing covers Events": the Recorder a fenced host records with refuses
+/// with `Fenced` while its Lease is not held — before the first acquire and after the
+/// loss — and records while it is; on the API server only the admitted Event exists.
+#[tokio::test]
+async fn events_are_fenced_like_every_other_write() {
+    use rekon_host::contract::{Event as PluginEvent, EventType};
+    use rekon_host::fence::Fence;
+    use rekon_host::write::events::{self, Recorder};
+    let (client, ns) = setup("fence-events").await;
+    let fence = Fence::leased(Duration::from_secs(60));
+    let recorder =
+        Recorder::new(client.clone(), "test").guarded(fence.clone(), Duration::from_secs(30));
+    let subject = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "subject"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let regarding = serde_json::to_value(&subject).unwrap();
+    let event = |note: &str| PluginEvent {
+        event_type: EventType::Warning,
+        reason: "Probe".into(),
+        note: note.into(),
+    };
+    let never_held = recorder.record("p", &regarding, &event("never held")).await;
+    assert!(
+        matches!(never_held, Err(events::Error::Fenced(_))),
+        "{never_held:?}"
+    );
+    fence.renewed(tokio::time::Instant::now());
+    recorder
+        .record("p", &regarding, &event("held"))
+        .await
+        .expect("recorded while the Lease is held");
+    fence.revoke();
+    let lost = recorder.record("p", &regarding, &event("lost")).await;
+    assert!(matches!(lost, Err(events::Error::Fenced(_))), "{lost:?}");
+    let notes: Vec<_> = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client, ns.name())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(notes, ["held"]);
+}

@@ -2,7 +2,7 @@
 //! (in process), and the `rekon run` binary — leader election between two processes,
 //! SIGTERM during a burst, `/metrics` and `/readyz`.
 
-use crate::controller::setup;
+use crate::controller::{count, setup};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
@@ -238,6 +238,252 @@ async fn the_plugin_directory_is_followed_swap_refuse_and_stop() {
 
     let _ = stop_tx.send(());
     let _set = driver.await.unwrap();
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The states of `name`'s stamp child in the order the API server stored them.
+fn record_stamps(
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> (
+    Arc<std::sync::Mutex<Vec<ConfigMap>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<ConfigMap>::new()));
+    let task = tokio::spawn({
+        let (api, seen) = (api.clone(), seen.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}-stamp"));
+        async move {
+            let mut events = std::pin::pin!(watcher(api, config));
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = event {
+                    let mut seen = seen.lock().unwrap();
+                    if seen.last().map(|l| &l.metadata.resource_version)
+                        != Some(&cm.metadata.resource_version)
+                    {
+                        seen.push(cm);
+                    }
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Waits until the stamp controller runs nothing and has nothing waiting.
+async fn running_nothing(host: &Host) {
+    let running = host.get("stamp").expect("stamp runs");
+    wait_until("no stamp reconcile runs or waits", WAIT, || async {
+        let q = running.queue();
+        (q.in_flight() == 0 && q.depth() == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// `data.<key>` of a ConfigMap.
+fn data_of<'a>(cm: &'a ConfigMap, key: &str) -> Option<&'a str> {
+    cm.data.as_ref()?.get(key).map(String::as_str)
+}
+
+/// Issue 18, "in-flight reconciles finishing on a hot swap and on removal": a stamp
+/// primary whose reconcile takes `DELAY`, each reconcile a distinct write (the primary's
+/// `data.round`, copied to the child). While one runs, the plugin file is (1) swapped for the next version
+/// in place, (2) swapped with a changed config, which restarts the controller, and (3)
+/// removed. Each time the running reconcile's write must land, from the version that
+/// started it, before the next version writes — on removal before the controller is
+/// reported stopped, and nothing after it.
+#[tokio::test]
+async fn in_flight_reconciles_finish_on_the_old_version_on_a_swap_and_before_a_removal() {
+    const DELAY: Duration = Duration::from_secs(4);
+    let (client, ns) = setup("inflight").await;
+    let dir = tempfile::tempdir().unwrap();
+    let loader = crate::controller::loader().clone();
+    let host = Host::new(client.clone(), crate::controller::config(ns.name()));
+    let mut set = PluginSet::new(
+        host.clone(),
+        loader,
+        dir.path().to_owned(),
+        None,
+        rekon_host::metrics::Metrics::for_host(&host),
+    );
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<Vec<Transition>>();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(async move {
+        loop {
+            if let Ok((c, _)) = set.sync().await
+                && !c.is_empty()
+            {
+                let _ = changes_tx.send(c);
+            }
+            tokio::select! {
+                _ = &mut stop_rx => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    let mut next_change = async || {
+        tokio::time::timeout(WAIT, changes.recv())
+            .await
+            .expect("a change within the wait")
+            .expect("the driver runs")
+    };
+    // A time budget well past the delay, written before the plugin so it never changes
+    // by itself.
+    let config = |round: u32| format!("limits:\n  timeBudget: 60s\nsettings:\n  round: {round}\n");
+    std::fs::write(dir.path().join("stamp.yaml"), config(1)).unwrap();
+    publish(dir.path(), "stamp.wasm", &plugins::bytes("stamp-plugin"));
+    assert_eq!(
+        next_change().await,
+        vec![Transition::Started {
+            plugin: "stamp".into()
+        }]
+    );
+    let stats = host.get("stamp").unwrap().stats().clone();
+    let api: Api<ConfigMap> = ns.api();
+    let (stamps, watch) = record_stamps(&api, "a");
+    let primary = |round: u32| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": { "name": "a", "labels": { "rekon.dev/stamp": "true" } },
+            "data": { "delay-ms": DELAY.as_millis().to_string(), "round": round.to_string() },
+        }))
+        .unwrap()
+    };
+    // Starts a reconcile of `a` (round `round`) and returns once the plugin runs it, with
+    // the child as it was then.
+    let in_flight = async |round: u32| {
+        let calls = count(&stats.reconciles);
+        if round == 1 {
+            api.create(&PostParams::default(), &primary(round))
+                .await
+                .unwrap();
+        } else {
+            api.replace(
+                "a",
+                &PostParams::default(),
+                &ConfigMap {
+                    metadata: kube::api::ObjectMeta {
+                        resource_version: None,
+                        ..primary(round).metadata
+                    },
+                    ..primary(round)
+                },
+            )
+            .await
+            .unwrap();
+        }
+        wait_until("the plugin runs a's reconcile", WAIT, || async {
+            (count(&stats.reconciles) > calls).then_some(())
+        })
+        .await
+        .unwrap();
+        api.get_opt("a-stamp").await.unwrap()
+    };
+
+    // (1) Swapped in place: the running reconcile writes v1, the next one v2.
+    let before = in_flight(1).await;
+    assert!(
+        before.is_none(),
+        "the first reconcile was still running: {before:?}"
+    );
+    publish(
+        dir.path(),
+        "stamp.wasm",
+        &plugins::bytes("stamp-next-plugin"),
+    );
+    assert_eq!(
+        next_change().await,
+        vec![Transition::Replaced {
+            plugin: "stamp".into(),
+            restarted: false
+        }]
+    );
+    wait_stamp(&api, "a", V2).await;
+    let versions: Vec<_> = stamps
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| data_of(c, "version").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        versions.first().cloned().flatten().as_deref(),
+        Some(V1),
+        "the reconcile running at the swap finished on the old version: {versions:?}"
+    );
+
+    // (2) A changed config restarts the controller: the running reconcile's write (old
+    // settings) lands before the restarted controller's (new settings).
+    running_nothing(&host).await;
+    let before = in_flight(2).await.expect("the child exists");
+    std::fs::write(dir.path().join("stamp.yaml"), config(2)).unwrap();
+    publish(
+        dir.path(),
+        "stamp.wasm",
+        &plugins::bytes("stamp-next-plugin"),
+    );
+    assert_eq!(
+        next_change().await,
+        vec![Transition::Replaced {
+            plugin: "stamp".into(),
+            restarted: true
+        }]
+    );
+    let at_restart = api.get("a-stamp").await.unwrap();
+    assert_ne!(
+        at_restart.metadata.resource_version, before.metadata.resource_version,
+        "the reconcile running at the restart wrote before the old controller stopped"
+    );
+    assert_eq!(data_of(&at_restart, "round"), Some("2"), "{at_restart:?}");
+    assert_eq!(
+        data_of(&at_restart, "settings"),
+        Some(r#"{"round":1}"#),
+        "{at_restart:?}"
+    );
+    wait_until("the restarted controller stamps", WAIT, || async {
+        let cm = api.get_opt("a-stamp").await.ok()??;
+        (data_of(&cm, "settings") == Some(r#"{"round":2}"#)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // (3) Removed: the running reconcile's write lands before the controller is reported
+    // stopped; nothing after it.
+    running_nothing(&host).await;
+    let before = in_flight(3).await.expect("the child exists");
+    std::fs::remove_file(dir.path().join("stamp.wasm")).unwrap();
+    assert_eq!(
+        next_change().await,
+        vec![Transition::Stopped {
+            plugin: "stamp".into()
+        }]
+    );
+    let at_stop = api.get("a-stamp").await.unwrap();
+    assert_ne!(
+        at_stop.metadata.resource_version, before.metadata.resource_version,
+        "the reconcile running at the removal wrote before the controller stopped"
+    );
+    assert_eq!(data_of(&at_stop, "round"), Some("3"), "{at_stop:?}");
+    let calls = count(&stats.reconciles);
+    api.create(&PostParams::default(), &stamped("c"))
+        .await
+        .unwrap();
+    let absent = wait_until("no child for c", Duration::from_secs(2), || async {
+        api.get_opt("c-stamp").await.ok()?.map(|_| ())
+    })
+    .await;
+    assert!(absent.is_err(), "a stopped plugin reconciled");
+    assert_eq!(count(&stats.reconciles), calls, "no call after the stop");
+    let last = stamps.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last.metadata.resource_version, at_stop.metadata.resource_version,
+        "nothing written after the stop"
+    );
+
+    watch.abort();
+    let _ = stop_tx.send(());
+    driver.await.unwrap();
     host.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -587,13 +833,100 @@ async fn sigterm_during_a_burst_exits_in_the_grace_period_and_the_next_leader_re
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
-    let metrics = wait_until("rekon-b serves /metrics", WAIT, || async {
-        b.get("/metrics").map(|(_, body)| body)
+    // The new leader's counts, by value: its store holds the primaries and their children
+    // (nothing else is in the namespace), and every primary it found was queued.
+    let listed = api.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(listed, 2 * PRIMARIES);
+    let metrics = wait_until("rekon-b's store holds every ConfigMap", WAIT, || async {
+        let metrics = b.get("/metrics")?.1;
+        let cached = rekon_tests::process::sample_value(
+            &metrics,
+            r#"rekon_cache_objects{kind="v1 ConfigMap"}"#,
+        )
+        .ok()??;
+        (cached == listed as f64).then_some(metrics)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
-    assert!(metrics.contains("workqueue_adds_total"), "{metrics}");
-    assert!(metrics.contains("rekon_cache_objects"), "{metrics}");
+    let adds =
+        rekon_tests::process::sample_value(&metrics, r#"workqueue_adds_total{name="stamp"}"#)
+            .unwrap()
+            .unwrap_or_else(|| panic!("workqueue_adds_total for stamp\n{metrics}"));
+    assert!(
+        adds >= PRIMARIES as f64,
+        "{adds} adds for {PRIMARIES} primaries"
+    );
+}
+
+/// Issue 18, "in-flight reconciles finishing on SIGTERM": a primary whose reconcile takes
+/// `DELAY`, shorter than `--grace`; SIGTERM lands while it runs (the child does not exist
+/// yet). The process must exit cleanly within the grace period and the lease release, with
+/// the child written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_reconcile_finish_its_writes() {
+    const DELAY: Duration = Duration::from_secs(4);
+    const GRACE: Duration = Duration::from_secs(20);
+    let (client, ns) = setup("sigterm-inflight").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugins::path("stamp-plugin"), dir.path().join("stamp.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("stamp.yaml"),
+        "limits:\n  timeBudget: 60s\n",
+    )
+    .unwrap();
+    let api: Api<ConfigMap> = ns.api();
+    let kc = kubeconfig().await;
+    let a = start_rekon(
+        &kc,
+        dir.path(),
+        ns.name(),
+        "rekon-a",
+        &[
+            "--leader-elect",
+            &format!("--grace={}ms", GRACE.as_millis()),
+        ],
+    );
+    wait_until("rekon-a is ready", WAIT, || async {
+        (a.get("/readyz")?.0 == 200 && lease_holder(&client, ns.name()).await.ok()?.is_some())
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    api.create(
+        &PostParams::default(),
+        &slow_stamped("p", DELAY.as_millis() as u64),
+    )
+    .await
+    .unwrap();
+    wait_until("the reconcile runs", WAIT, || async {
+        (a.metric(r#"active_workers{plugin="stamp"}"#).ok()? >= 1.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    assert!(
+        api.get_opt("p-stamp").await.unwrap().is_none(),
+        "SIGTERM must land while the reconcile runs"
+    );
+    let term = Instant::now();
+    a.terminate();
+    let mut a = a;
+    let status = tokio::task::block_in_place(|| a.wait());
+    let took = term.elapsed();
+    let bound = GRACE + RENEW_DEADLINE;
+    println!("SIGTERM during a {DELAY:?} reconcile: exited {status} after {took:?}");
+    assert!(status.success(), "clean exit\n{}", a.log());
+    assert!(took < bound, "{took:?} ≥ {bound:?}\n{}", a.log());
+    let child = api.get_opt("p-stamp").await.unwrap();
+    assert!(
+        child.is_some(),
+        "the reconcile running at SIGTERM wrote its child\n{}",
+        a.log()
+    );
+    assert_eq!(
+        lease_holder(&client, ns.name()).await.unwrap(),
+        None,
+        "the lease was released"
+    );
 }
 
 #[tokio::test]

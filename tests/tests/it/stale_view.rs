@@ -309,3 +309,86 @@ async fn a_reconcile_waits_until_the_cache_shows_its_own_writes() {
     assert!(count(&stats.reconciles) > reconciles);
     println!("reconciled {:?} after the release", released.elapsed());
 }
+
+/// Issue 18, "read-your-writes kept across a controller restart": as above, the store
+/// never shows the Deployment the first reconcile wrote (its watch events are held). The
+/// controller is then restarted as a config change restarts it (a new controller with
+/// other options replacing the running one): its first reconcile of the WebApp must still
+/// wait for that write — no call, no write — and run once the cache shows it.
+#[tokio::test]
+async fn a_restarted_controller_still_waits_for_the_writes_of_the_one_it_replaced() {
+    let (client, ns) = setup("stale-restart").await;
+    install_crds(&client, "plugins/webapp/crd.yaml").await;
+    let deadline = Duration::from_secs(2);
+    let (proxy, host, running) =
+        start_through_proxy(&client, ns.name(), "webapp", deadline, None).await;
+    let hold = proxy.add(Rule::new(Action::HoldEvents).path("/deployments").watches());
+    let apps = webapps(&client, ns.name());
+    apps.create(&PostParams::default(), &webapp("web", 2))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = ns.api();
+    let stats = running.stats().clone();
+    wait_until(
+        "the first reconcile wrote the Deployment and ended",
+        WAIT,
+        || async {
+            deployments.get_opt("web").await.ok()??;
+            (count(&stats.reconciles) >= 1 && running.queue().in_flight() == 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let reconciles = count(&stats.reconciles);
+    let overdue = count(&stats.own_write_overdue);
+
+    // Restarted with other options, as a changed config file restarts it; the new
+    // controller queues every primary at once.
+    let options = PluginOptions {
+        resync: Some(Duration::from_secs(3600)),
+        ..PluginOptions::default()
+    };
+    let prepared = host
+        .prepare(plugin("webapp"), options, Some("webapp"))
+        .await
+        .expect("the new controller gets ready");
+    let restarted = host.launch(prepared).await;
+    assert!(!Arc::ptr_eq(&restarted, &running), "a new controller");
+    apps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "two read-your-writes deadlines pass after the restart",
+        WAIT,
+        || async {
+            assert_eq!(
+                count(&restarted.stats().reconciles),
+                reconciles,
+                "the restarted controller called the plugin before the cache showed the \
+             Deployment its predecessor wrote"
+            );
+            let d = deployments.get("web").await.unwrap();
+            assert_eq!(
+                d.spec.replicas,
+                Some(2),
+                "no write decided on the stale view"
+            );
+            (count(&restarted.stats().own_write_overdue) >= overdue + 2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    assert!(proxy.remove(hold));
+    wait_until("the Deployment follows the change", WAIT, || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.spec.replicas == Some(3)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(count(&restarted.stats().reconciles) > reconciles);
+}

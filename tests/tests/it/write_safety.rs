@@ -476,3 +476,327 @@ async fn a_conflict_drops_the_rest_of_the_output_and_its_events() {
     assert!(probed >= 1, "the output that was written records its event");
     assert_eq!(count(&running.stats().conflicts), 1);
 }
+
+/// A fault proxy in front of the API server and a host running `crate_name` with
+/// `options` through it, scoped to `ns`.
+pub(crate) async fn through_proxy(
+    client: &kube::Client,
+    ns: &str,
+    crate_name: &str,
+    options: PluginOptions,
+) -> (rekon_tests::proxy::FaultProxy, Host, Arc<Controller>) {
+    crate::logs();
+    let proxy = rekon_tests::proxy::FaultProxy::start(client.clone())
+        .await
+        .expect("the proxy starts");
+    let host = Host::new(
+        proxy.client().expect("a client for the proxy"),
+        crate::controller::config(ns),
+    );
+    let running = host
+        .start_with(plugin(crate_name), options)
+        .await
+        .expect("plugin starts");
+    (proxy, host, running)
+}
+
+/// Holds the host's next write whose path contains `path` at the fault proxy, runs
+/// `change` (a foreign writer, straight to the API server) while it is held, releases it
+/// and returns the status the API server answered it with, and the write's position in
+/// the proxy's requests.
+pub(crate) async fn hold_next_write<F, Fut>(
+    proxy: &rekon_tests::proxy::FaultProxy,
+    methods: &[http::Method],
+    path: &str,
+    provoke: impl std::future::Future<Output = ()>,
+    change: F,
+) -> (u16, usize)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use rekon_tests::proxy::{Action, Rule};
+    let held = proxy.add(
+        Rule::new(Action::Hold)
+            .methods(methods.iter().cloned())
+            .path(path)
+            .times(1),
+    );
+    provoke.await;
+    let index = wait_until(
+        &format!("the host's write to {path} is held"),
+        WAIT,
+        || async { proxy.requests().iter().position(|s| s.rule == Some(held)) },
+    )
+    .await
+    .unwrap();
+    change().await;
+    assert!(proxy.remove(held));
+    let status = wait_until("the held write is answered", WAIT, || async {
+        proxy.requests().get(index)?.status
+    })
+    .await
+    .unwrap();
+    (status, index)
+}
+
+/// Issue 18, "update, merge-patch and delete with a stale resourceVersion or uid get 409":
+/// the replicas plugin claims the related ConfigMap `t` (mode `claim-update`,
+/// `claim-patch` or `claim-delete`) while nobody has; the fault proxy holds that write
+/// while a foreign writer claims `t` first — for a delete by deleting `t` and creating it
+/// anew, so its resourceVersion and uid both change. The API server must refuse the held
+/// write with 409, the host count a conflict and decide again on the fresh state, which
+/// leaves the foreign claim alone: no second write, the foreign change kept.
+async fn a_stale_write_gets_409_and_is_decided_again(mode: &str) {
+    use http::Method;
+    let (client, ns) = setup(mode).await;
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
+    let stats = running.stats().clone();
+    let cms: Api<ConfigMap> = ns.api();
+    let primary = cms
+        .create(
+            &PostParams::default(),
+            &replicas_primary("p", mode, json!({"target": "t"})),
+        )
+        .await
+        .unwrap();
+    idle(&running).await;
+    let owner = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "p",
+                       "uid": primary.metadata.uid, "controller": true});
+    let target = |data: serde_json::Value| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": "t", "ownerReferences": [owner]}, "data": data,
+        }))
+        .unwrap()
+    };
+    let conflicts = count(&stats.conflicts);
+    let theirs = std::sync::Mutex::new(None);
+    // Reconciles so far, the one whose write is held included.
+    let reconciles = std::sync::atomic::AtomicU64::new(0);
+    let (status, index) = hold_next_write(
+        &proxy,
+        &[Method::PUT, Method::PATCH, Method::DELETE],
+        "/configmaps/t",
+        async {
+            // `t` appears unclaimed: the plugin claims it.
+            cms.create(&PostParams::default(), &target(json!({"value": "old"})))
+                .await
+                .unwrap();
+        },
+        || async {
+            reconciles.store(
+                count(&stats.reconciles),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            let claimed = if mode == "claim-delete" {
+                cms.delete("t", &DeleteParams::default()).await.unwrap();
+                cms.create(
+                    &PostParams::default(),
+                    &target(json!({"value": "old", "claimed-by": "foreign"})),
+                )
+                .await
+                .unwrap()
+            } else {
+                let mut t = cms.get("t").await.unwrap();
+                let data = t.data.get_or_insert_default();
+                data.insert("claimed-by".into(), "foreign".into());
+                data.insert("foreign".into(), "kept".into());
+                cms.replace("t", &PostParams::default(), &t).await.unwrap()
+            };
+            *theirs.lock().unwrap() = Some(claimed);
+        },
+    )
+    .await;
+    assert_eq!(status, 409, "{mode}: the stale write was refused");
+    wait_until("the conflict is counted", WAIT, || async {
+        (count(&stats.conflicts) > conflicts).then_some(())
+    })
+    .await
+    .unwrap();
+    let reconciles = reconciles.into_inner();
+    wait_until("the key is decided again", WAIT, || async {
+        (count(&stats.reconciles) > reconciles).then_some(())
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    let theirs = theirs.into_inner().unwrap().expect("the foreign claim");
+    let now = cms.get("t").await.expect("t exists");
+    assert_eq!(
+        now.metadata.uid, theirs.metadata.uid,
+        "{mode}: t was not deleted"
+    );
+    assert_eq!(now.data, theirs.data, "{mode}: the foreign claim is kept");
+    let again: Vec<_> = proxy.requests()[index + 1..]
+        .iter()
+        .filter(|s| s.is_write() && s.path.contains("/configmaps/t"))
+        .cloned()
+        .collect();
+    assert!(again.is_empty(), "{mode}: written again blindly: {again:?}");
+}
+
+#[tokio::test]
+async fn an_update_with_a_stale_resource_version_gets_409_and_is_decided_again() {
+    a_stale_write_gets_409_and_is_decided_again("claim-update").await;
+}
+
+#[tokio::test]
+async fn a_merge_patch_with_a_stale_resource_version_gets_409_and_is_decided_again() {
+    a_stale_write_gets_409_and_is_decided_again("claim-patch").await;
+}
+
+#[tokio::test]
+async fn a_delete_with_a_stale_resource_version_and_uid_gets_409_and_is_decided_again() {
+    a_stale_write_gets_409_and_is_decided_again("claim-delete").await;
+}
+
+/// Issue 18, "the adopting write carries the resourceVersion read": the Service the
+/// WebApp adopts is not in its snapshot, so the host reads it, then applies with the
+/// resourceVersion it read. The fault proxy holds that apply while a foreign writer
+/// changes the Service: the API server must answer 409, not let the apply overwrite;
+/// decided again, the host adopts the Service as it now is.
+#[tokio::test]
+async fn an_adopting_apply_carries_the_resource_version_it_read_and_gets_409_after_a_change() {
+    use http::Method;
+    let (client, ns) = setup("adopt-rv").await;
+    install_crds(&client, "plugins/webapp/crd.yaml").await;
+    let services: Api<Service> = ns.api();
+    services
+        .create(&PostParams::default(), &user_service("shop", 8080, 9090))
+        .await
+        .unwrap();
+    let options = PluginOptions {
+        adopt: vec![Gvk::new("", "v1", "Service")],
+        ..Default::default()
+    };
+    let (proxy, _host, running) = through_proxy(&client, ns.name(), "webapp", options).await;
+    let apps = webapps(&client, ns.name());
+    let (status, _) = hold_next_write(
+        &proxy,
+        &[Method::PATCH],
+        "/services/shop",
+        async {
+            apps.create(&PostParams::default(), &webapp("shop", 2))
+                .await
+                .unwrap();
+        },
+        || async {
+            services
+                .patch(
+                    "shop",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"changed": "meanwhile"}}})),
+                )
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "the adopting apply was conditioned on what it read"
+    );
+    let adopted = wait_until("the Service is adopted", WAIT, || async {
+        let s = services.get("shop").await.ok()?;
+        let owners = s.metadata.owner_references.clone()?;
+        owners
+            .iter()
+            .any(|r| r.controller == Some(true))
+            .then_some(s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        adopted
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("changed")
+            .map(String::as_str),
+        Some("meanwhile"),
+        "the foreign change is kept"
+    );
+    assert!(count(&running.stats().conflicts) >= 1);
+}
+
+/// Issue 18, "finalizer removal racing a foreign finalizer": once `finalize` succeeded the
+/// host removes its finalizer with a merge patch (the whole `finalizers` list, without its
+/// own) conditioned on the primary it saw. The API server forbids adding a finalizer to an
+/// object being deleted, so the race is with a foreign controller removing its own: the
+/// fault proxy holds the host's patch while the foreign finalizer goes. The stale list
+/// (which still names it) must get 409, not be written; decided again, the host removes
+/// its own from the list as it now is and the object goes.
+#[tokio::test]
+async fn removing_the_finalizer_races_a_foreign_one_going_with_a_conditioned_patch() {
+    use http::Method;
+    const FOREIGN: &str = "example.com/foreign";
+    let (client, ns) = setup("fin-race").await;
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "stamp-fin-plugin",
+        PluginOptions::default(),
+    )
+    .await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "fin", "labels": {"rekon.dev/stamp": "true"},
+                         "finalizers": [FOREIGN]},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let finalizers = async || {
+        cms.get_opt("fin")
+            .await
+            .unwrap()
+            .map(|c| c.metadata.finalizers.unwrap_or_default())
+    };
+    wait_until(
+        "the host's finalizer is on beside the foreign one",
+        WAIT,
+        || async { (finalizers().await? == [FOREIGN, "rekon.dev/stamp"]).then_some(()) },
+    )
+    .await
+    .unwrap();
+    idle(&running).await;
+    // While the primary is deleted, the host's only PATCH of it removes its finalizer.
+    let (status, _) = hold_next_write(
+        &proxy,
+        &[Method::PATCH],
+        "/configmaps/fin",
+        async {
+            cms.delete("fin", &DeleteParams::default()).await.unwrap();
+        },
+        || async {
+            let mut fin = cms.get("fin").await.unwrap();
+            fin.metadata
+                .finalizers
+                .get_or_insert_default()
+                .retain(|f| f != FOREIGN);
+            cms.replace("fin", &PostParams::default(), &fin)
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "the removal was conditioned on what the host saw"
+    );
+    wait_until("the primary is gone", WAIT, || async {
+        finalizers().await.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(count(&running.stats().conflicts) >= 1);
+}

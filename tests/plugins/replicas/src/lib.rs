@@ -9,6 +9,12 @@
 //!   whether or not it exists (the host must not loop on its AlreadyExists).
 //! - `probe`: apply two children `<name>-a` and `<name>-b`, in that order, and record a
 //!   Normal event `Probed`: a conflict on the first must drop the second and the event.
+//! - `claim-update`, `claim-patch`, `claim-delete`: the ConfigMap named `data.target`,
+//!   related to the primary by an owner reference, is claimed while nobody has claimed
+//!   it (no `data.claimed-by`): replaced with `data.claimed-by: <primary>` (update), merge
+//!   patched to it (patch), or deleted (delete). A target claimed by anyone is left alone,
+//!   so a write decided on a stale view and retried blindly would show, where a decision
+//!   made again on the fresh state writes nothing.
 //!
 //! ConfigMaps without the label (the children among them) are left alone.
 
@@ -51,6 +57,10 @@ impl Plugin for Replicas {
                     "applied a and b",
                 ))
             }
+            Some(mode @ ("claim-update" | "claim-patch" | "claim-delete")) => {
+                let target = data.get("target").cloned().unwrap_or_default();
+                claim(&req, mode, &target)
+            }
             Some("create-existing") => {
                 let target = data.get("target").cloned().unwrap_or_default();
                 let cm = ConfigMap {
@@ -66,6 +76,33 @@ impl Plugin for Replicas {
         }
     }
 }
+
+/// Claims the related ConfigMap `target` the way `mode` says, unless someone holds it.
+fn claim(req: &Request, mode: &str, target: &str) -> Result<Output, Error> {
+    let Some(mut t) = req.related_named::<ConfigMap>(target)? else {
+        return Ok(Output::new());
+    };
+    if t.data.as_ref().is_some_and(|d| d.contains_key(CLAIMED_BY)) {
+        return Ok(Output::new());
+    }
+    let me = req.name().to_owned();
+    Ok(match mode {
+        "claim-update" => {
+            t.data
+                .get_or_insert_default()
+                .insert(CLAIMED_BY.to_owned(), me);
+            Output::new().update(&t)
+        }
+        "claim-patch" => {
+            let patch = rekon_sdk::serde_json::json!({ "data": { (CLAIMED_BY): me } });
+            Output::new().merge_patch(&t, patch)
+        }
+        _ => Output::new().delete(&t),
+    })
+}
+
+/// The key of a claimed target's data naming who claimed it.
+pub const CLAIMED_BY: &str = "claimed-by";
 
 /// Keeps `size` children: creates the missing ones with generated names, deletes the
 /// newest extras.

@@ -3,7 +3,8 @@
 //! the plugin's crate version and `data.settings` the settings it was given.
 //!
 //! `data.delay-ms` makes the reconcile busy-wait that long (by the host clock), so a
-//! test can stop the host while reconciles are in flight.
+//! test can stop the host while reconciles are in flight; `data.round` is copied to the
+//! child, so a test can tell which reconcile wrote it.
 //!
 //! Four crates build this source: `stamp-plugin` (the workspace version),
 //! `stamp-next-plugin` (0.2.0), `stamp-wide-plugin` (0.3.0, feature `widget`: also
@@ -57,6 +58,9 @@ impl Plugin for Stamp {
             ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
             ("settings".to_owned(), settings.to_string()),
         ]);
+        if let Some(round) = source.data.as_ref().and_then(|d| d.get("round")) {
+            data.insert("round".to_owned(), round.clone());
+        }
         // `data.requeue-ms`: stamp again that often, with the time, so each stamp is a
         // real write (the fencing test watches who writes).
         let every = source
