@@ -9,6 +9,9 @@
 //!   whether or not it exists (the host must not loop on its AlreadyExists).
 //! - `probe`: apply two children `<name>-a` and `<name>-b`, in that order, and record a
 //!   Normal event `Probed`: a conflict on the first must drop the second and the event.
+//! - `census`: write nothing, record a Normal event `Census` whose note lists the names of
+//!   the children (ConfigMaps it controls) its snapshot shows, sorted: what the host's
+//!   cache showed that reconcile.
 //!
 //! ConfigMaps without the label (the children among them) are left alone.
 
@@ -49,6 +52,20 @@ impl Plugin for Replicas {
                     rekon_sdk::EventType::Normal,
                     "Probed",
                     "applied a and b",
+                ))
+            }
+            Some("census") => {
+                let mut names: Vec<String> = req
+                    .related::<ConfigMap>()?
+                    .into_iter()
+                    .filter(|c| rekon_sdk::owner::is_controlled_by(&c.metadata, &req))
+                    .filter_map(|c| c.metadata.name)
+                    .collect();
+                names.sort();
+                Ok(Output::new().event(
+                    rekon_sdk::EventType::Normal,
+                    "Census",
+                    format!("children: {}", names.join(",")),
                 ))
             }
             Some("create-existing") => {
