@@ -1100,9 +1100,9 @@ fn table(all: &[Vec<Run>]) -> String {
          object must survive; after the delete no object of a written kind may be left \
          owned by the primary or Terminating.\n",
         if std::env::var("REKON_SWEEP").is_ok_and(|v| v == "full") {
-            "`REKON_SWEEP=full`: a 409 on every write in turn"
+            "`REKON_SWEEP=full`: a 409 on, and a SIGKILL after, every write in turn"
         } else {
-            "the CI subset: a 409 on the first, middle and last write; `REKON_SWEEP=full` for every write"
+            "the CI subset: a 409 on, and a SIGKILL after, the first, middle and last write; `REKON_SWEEP=full` for every write"
         }
     );
     let _ = writeln!(
