@@ -37,7 +37,7 @@
 //! Under `/webapps` events 2 s late, webapp then applies its
 //! Deployment after the garbage collector deleted it with the WebApp, and the apply
 //! answers `201 Created` for a child whose owner is gone (the collector removes it again).
-//! Seen once in four sweeps here. The table's orphan column names such runs; a create
+//! Seen in two of five sweeps here. The table's orphan column names such runs; a create
 //! after the delete by any other write still fails the sweep. A fix needs the host not to
 //! create on a forced apply (e.g. a uid- or existence-conditioned write for seen objects).
 //!
