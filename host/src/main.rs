@@ -40,6 +40,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", cli::rbac(&args)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::ReleaseFinalizer(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let client = cli::client(args.kubeconfig.as_deref()).await?;
+                anyhow::Ok(cli::release_finalizer(&args, client).await?)
+            })?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Test { plugin, cases } => {
             let (report, ok) = cli::test(&plugin, &cases)?;
             print!("{report}");

@@ -12,7 +12,8 @@
 //! Faults are [`Rule`]s, added and removed while the proxy runs: a [`Matcher`] (methods,
 //! a path substring, watch or not) and an [`Action`]:
 //! - request actions act when a request arrives: [`Action::Respond`] answers with a
-//!   Kubernetes `Status` without forwarding, [`Action::Delay`] forwards late,
+//!   Kubernetes `Status` without forwarding, [`Action::WatchGone`] ends a watch with a
+//!   410 Gone event (the client relists), [`Action::Delay`] forwards late,
 //!   [`Action::BlackHole`] never answers, [`Action::Hold`] forwards once the rule is
 //!   removed (a write in flight while the test changes the object). The first matching
 //!   request rule acts.
@@ -122,6 +123,8 @@ pub struct Matcher {
     /// `Some(true)`: only watches (`watch=true` or `watch=1` in the query);
     /// `Some(false)`: only requests that are not watches; `None`: both.
     pub watch: Option<bool>,
+    /// Substrings none of which the path with its query may contain.
+    pub not_paths: Vec<String>,
 }
 
 impl Matcher {
@@ -133,6 +136,10 @@ impl Matcher {
                 .as_ref()
                 .is_none_or(|p| path_and_query.contains(p.as_str()))
             && self.watch.is_none_or(|w| w == is_watch(path_and_query))
+            && !self
+                .not_paths
+                .iter()
+                .any(|p| path_and_query.contains(p.as_str()))
     }
 }
 
@@ -158,6 +165,10 @@ pub enum Action {
     /// object, which the API server then judges against the changed object. The held
     /// request is in [`FaultProxy::requests`] (with this rule) from its arrival.
     Hold,
+    /// Answer (a watch) with 200 and one `ERROR` event carrying a `410 Gone` Status, then
+    /// end the body: what the API server sends a watch from a compacted resourceVersion.
+    /// A kube-runtime watcher then relists.
+    WatchGone,
     /// Deliver every chunk of a matching response body this long after it arrived from
     /// upstream, in order (a lagging watch). Removing the rule releases waiting chunks.
     DelayEvents(Duration),
@@ -210,6 +221,9 @@ pub struct Rule {
     /// `Some(n)`: only the first `n` matching requests (for stream actions: the first `n`
     /// matching responses); `None`: all of them.
     pub count: Option<usize>,
+    /// How many matching requests pass untouched before the rule acts (and before
+    /// `count` starts); 0 by default. Request actions only: stream actions ignore it.
+    pub skip: usize,
 }
 
 impl Rule {
@@ -219,6 +233,7 @@ impl Rule {
             matcher: Matcher::default(),
             action,
             count: None,
+            skip: 0,
         }
     }
 
@@ -254,6 +269,20 @@ impl Rule {
     /// Only the first `n` matching requests (or responses, for stream actions).
     pub fn times(mut self, n: usize) -> Self {
         self.count = Some(n);
+        self
+    }
+
+    /// Only requests whose path with query does not contain `substring` (may be given
+    /// several times).
+    pub fn not_path(mut self, substring: impl Into<String>) -> Self {
+        self.matcher.not_paths.push(substring.into());
+        self
+    }
+
+    /// Lets the first `n` matching requests pass untouched; the rule acts from the next
+    /// one on. `.after(i).times(1)` acts on the `i+1`-th only. Request actions only.
+    pub fn after(mut self, n: usize) -> Self {
+        self.skip = n;
         self
     }
 }
@@ -311,11 +340,18 @@ struct Installed {
     rule: Rule,
     /// What is left of `rule.count`.
     remaining: Option<usize>,
+    /// What is left of `rule.skip`.
+    skipping: usize,
 }
 
 impl Installed {
-    /// Takes one use from the count; false when it is used up.
+    /// Takes one use from the count; false when it is used up or the match is one of
+    /// those to let pass first.
     fn take(&mut self) -> bool {
+        if self.skipping > 0 {
+            self.skipping -= 1;
+            return false;
+        }
         match &mut self.remaining {
             None => true,
             Some(0) => false,
@@ -356,6 +392,7 @@ struct Shared {
 enum Decision {
     Forward,
     Respond(StatusCode, String, RuleId),
+    WatchGone(RuleId),
     Delay(Duration),
     /// Held until the rule is removed (`Some`) or the block is lifted (`None`).
     BlackHole(Option<RuleId>),
@@ -413,6 +450,7 @@ impl Shared {
                     match action {
                         Action::Respond { status, reason } => Decision::Respond(status, reason, id),
                         Action::Delay(d) => Decision::Delay(d),
+                        Action::WatchGone => Decision::WatchGone(id),
                         Action::BlackHole => Decision::BlackHole(Some(id)),
                         Action::Hold => Decision::Hold(id),
                         Action::DelayEvents(_) | Action::HoldEvents => Decision::Forward,
@@ -600,6 +638,11 @@ impl FaultProxy {
             state.rules.push(Installed {
                 id,
                 remaining: rule.count,
+                skipping: if rule.action.is_stream_action() {
+                    0
+                } else {
+                    rule.skip
+                },
                 rule,
             });
             id
@@ -795,6 +838,27 @@ async fn handle(
             shared.answered(index, status, false);
             let message = format!("injected by the rekon-tests fault proxy (rule {})", id.0);
             return Ok(status_response(status, &reason, &message));
+        }
+        Decision::WatchGone(id) => {
+            shared.answered(index, StatusCode::OK, false);
+            let message = format!(
+                "too old resource version (injected by the rekon-tests fault proxy, rule {})",
+                id.0
+            );
+            let event = serde_json::json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": "Expired", "code": 410,
+            }});
+            let mut response = Response::new(
+                Full::new(Bytes::from(format!("{event}\n")))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
         }
         Decision::Delay(delay) => tokio::time::sleep(delay).await,
         Decision::BlackHole(rule) => {
@@ -1028,6 +1092,32 @@ mod tests {
         assert!(!is_watch("/api/v1/configmaps?watch=false"));
         assert!(!is_watch("/api/v1/configmaps/watch=true"));
         assert!(!is_watch("/api/v1/configmaps?resourceVersion=1"));
+    }
+
+    #[test]
+    fn a_rule_after_n_acts_from_the_next_match_and_excluded_paths_do_not_match() {
+        let rule = Rule::new(Action::status(StatusCode::CONFLICT))
+            .writes()
+            .not_path("/events")
+            .after(2)
+            .times(1);
+        assert!(
+            !rule
+                .matcher
+                .matches(&Method::POST, "/apis/events.k8s.io/v1/namespaces/n/events")
+        );
+        assert!(
+            rule.matcher
+                .matches(&Method::POST, "/api/v1/namespaces/n/configmaps")
+        );
+        let mut installed = Installed {
+            id: RuleId(1),
+            remaining: rule.count,
+            skipping: rule.skip,
+            rule,
+        };
+        let acted: Vec<bool> = (0..4).map(|_| installed.take()).collect();
+        assert_eq!(acted, [false, false, true, false]);
     }
 
     #[test]

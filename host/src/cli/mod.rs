@@ -3,13 +3,15 @@
 mod check;
 mod new;
 mod rbac;
+mod release;
 mod run;
 mod test;
 
 pub use check::check;
 pub use new::{NewArgs, new};
 pub use rbac::{RbacArgs, rbac};
-pub use run::{RunArgs, run};
+pub use release::{ReleaseArgs, release_finalizer};
+pub use run::{RunArgs, client, run};
 pub use test::test;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +58,11 @@ pub enum Command {
     /// Print the ClusterRole and ClusterRoleBinding a host running the plugins of a
     /// directory needs: exactly what they declared plus the host's own needs.
     Rbac(RbacArgs),
+    /// Remove the finalizer a removed plugin left on objects (recorded in the annotation
+    /// `finalizers.rekon.dev/PLUGIN`), so that those being deleted can go. For plugins
+    /// no longer running only: a running host would add the finalizer back (this command
+    /// cannot tell whether one runs). The plugin's `finalize` is not called.
+    ReleaseFinalizer(ReleaseArgs),
     /// Run a compiled plugin in the real sandbox against fixture cases (YAML files:
     /// reconcile, finalize or mapToPrimaries cases, see the plugin guide's case file
     /// reference) and report each case; a file that is not a valid case is a failed case.

@@ -19,8 +19,10 @@
 //! # Caveats
 //! When the plugin file is removed, no controller handles its finalizer any more: its
 //! objects being deleted stay Terminating until the plugin comes back or the finalizer is
-//! removed by hand. The host reports each such object when it removes the plugin, with a
-//! Warning Event `FinalizerOrphaned` ([`super::Host::remove`]).
+//! released with `rekon release-finalizer PLUGIN` (`crate::cli::release_finalizer`, which
+//! removes the finalizer recorded in the annotation from every object holding it). The
+//! host reports each such object when it removes the plugin, with a Warning Event
+//! `FinalizerOrphaned` that names the command ([`super::Host::remove`]).
 
 use serde_json::{Value, json};
 

@@ -14,7 +14,7 @@
 mod access;
 mod config;
 mod expectations;
-mod finalizer;
+pub mod finalizer;
 mod histogram;
 pub mod mapping;
 mod options;
@@ -407,7 +407,7 @@ impl Host {
                 let note = format!(
                     "plugin {plugin} was removed while this object, being deleted, carries its \
                      finalizer {finalizer:?}: it stays Terminating until the plugin is back or \
-                     the finalizer is removed by hand"
+                     the finalizer is released with `rekon release-finalizer {plugin}`"
                 );
                 tracing::warn!(plugin, object = %o.name(), %finalizer, "finalizer orphaned by the plugin's removal");
                 let event = crate::contract::Event {

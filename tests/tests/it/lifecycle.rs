@@ -219,12 +219,131 @@ async fn removing_a_plugin_reports_the_objects_its_finalizer_holds() {
     })
     .await
     .unwrap();
-    assert!(
-        orphaned
-            .note
-            .unwrap_or_default()
-            .contains("rekon.dev/stamp")
+    let note = orphaned.note.unwrap_or_default();
+    assert!(note.contains("rekon.dev/stamp"), "{note}");
+    assert!(note.contains("rekon release-finalizer stamp"), "{note}");
+}
+
+/// Runs `rekon release-finalizer ARGS` against the test API server: (success, stdout,
+/// stderr).
+async fn release_finalizer(args: &[&str]) -> (bool, String, String) {
+    let kc = crate::operator::kubeconfig().await;
+    let out = std::process::Command::new(rekon_tests::binary::rekon())
+        .arg("release-finalizer")
+        .arg(format!("--kubeconfig={}", kc.display()))
+        .args(args)
+        .output()
+        .expect("rekon runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn release_finalizer_lets_go_of_a_removed_plugins_finalizer_and_nothing_else() {
+    let (client, ns) = setup("relfin").await;
+    let host = host(&client, ns.name());
+    let running = host.start(plugin("stamp-fin-plugin")).await.unwrap();
+    let api: Api<ConfigMap> = ns.api();
+    for name in ["held", "kept"] {
+        api.create(&PostParams::default(), &stamped(name))
+            .await
+            .unwrap();
+    }
+    // Another plugin's recorded finalizer on a third object: not stamp's to release.
+    let other: ConfigMap = serde_json::from_value(json!({"metadata": {
+        "name": "other", "finalizers": ["rekon.dev/other"],
+        "annotations": {"finalizers.rekon.dev/other": "rekon.dev/other"},
+    }}))
+    .unwrap();
+    api.create(&PostParams::default(), &other).await.unwrap();
+    for name in ["held", "kept"] {
+        wait_until(&format!("the finalizer on {name}"), WAIT, || async {
+            let cm = api.get(name).await.ok()?;
+            let recorded = cm
+                .metadata
+                .annotations?
+                .get("finalizers.rekon.dev/stamp")?
+                .clone();
+            (recorded == "rekon.dev/stamp" && cm.metadata.finalizers?.contains(&recorded))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    crate::controller::idle(&running).await;
+    running.queue().shutdown();
+    api.delete("held", &DeleteParams::default()).await.unwrap();
+    api.delete("other", &DeleteParams::default()).await.unwrap();
+    host.remove("stamp").await;
+
+    // A bad plugin name and an unknown kind are refused, naming them.
+    let (ok, _, err) = release_finalizer(&["a/b"]).await;
+    assert!(!ok && err.contains("invalid plugin name \"a/b\""), "{err}");
+    let (ok, _, err) = release_finalizer(&["stamp", "--kind=NoSuchKind"]).await;
+    assert!(!ok && err.contains("--kind \"NoSuchKind\""), "{err}");
+
+    let ns_arg = format!("--namespace={}", ns.name());
+    let (ok, out, err) = release_finalizer(&["stamp", &ns_arg, "--dry-run"]).await;
+    assert!(ok, "{err}");
+    let held = format!(
+        "\"rekon.dev/stamp\" of ConfigMap {}/held (being deleted)",
+        ns.name()
     );
+    let kept = format!("\"rekon.dev/stamp\" of ConfigMap {}/kept\n", ns.name());
+    assert!(out.contains(&format!("would release {held}")), "{out}");
+    assert!(out.contains(&format!("would release {kept}")), "{out}");
+    // The plugin's primaries are every ConfigMap: its children and `other` carry its
+    // finalizer too.
+    assert!(out.contains("would release 5 finalizer(s)"), "{out}");
+    assert!(
+        api.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "a dry run writes nothing"
+    );
+
+    let (ok, out, err) = release_finalizer(&["stamp", &ns_arg, "--kind=ConfigMap"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("released {held}")), "{out}");
+    assert!(out.contains(&format!("released {kept}")), "{out}");
+    wait_until("held is gone", WAIT, || async {
+        api.get_opt("held").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    let kept = api.get("kept").await.unwrap();
+    assert_eq!(
+        kept.metadata.finalizers.unwrap_or_default(),
+        Vec::<String>::new()
+    );
+    assert!(
+        !kept
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("finalizers.rekon.dev/stamp")
+    );
+    let other = api.get("other").await.unwrap();
+    assert_eq!(other.metadata.finalizers.unwrap(), ["rekon.dev/other"]);
+    assert!(
+        other
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key("finalizers.rekon.dev/other")
+    );
+    // Run again: nothing left to release.
+    let (ok, out, err) = release_finalizer(&["stamp", &ns_arg]).await;
+    assert!(ok && out.contains("released 0 finalizer(s)"), "{out}{err}");
+    // Let the namespace go.
+    let (ok, out, err) = release_finalizer(&["other", &ns_arg]).await;
+    assert!(ok && out.contains("released 1 finalizer(s)"), "{out}{err}");
 }
 
 #[tokio::test]

@@ -391,4 +391,150 @@ async fn a_restarted_controller_still_waits_for_the_writes_of_the_one_it_replace
     .await
     .unwrap();
     assert!(count(&restarted.stats().reconciles) > reconciles);
+
+/// Issue 13 hole 3 on the real API server: a relist (after a `410 Gone` on the re-watch)
+/// replaces the host's ConfigMap cache in one step. While the host's ConfigMap watch is
+/// held, child `a` of the `census` primary is deleted and `c` created; the watch is cut
+/// and its re-watch answered 410, so the host relists, and the relist's second page
+/// (500 filler ConfigMaps make two) comes 3 s late. A store applying the first page
+/// piece by piece would show `{a, b, c}` meanwhile — a state that never existed — and
+/// the reconcile the new `c` triggers would see it. Neither the census plugin
+/// (`replicas`, mode `census`, an Event per reconcile naming the children it saw) nor
+/// the test sampling the store ever may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_on_the_real_api_server_replaces_the_cache_at_once() {
+    use futures::StreamExt as _;
+    let (client, ns) = setup("relist").await;
+    let cms: Api<ConfigMap> = ns.api();
+    let pp = PostParams::default();
+    futures::stream::iter(0..500)
+        .map(|i| {
+            let cms = cms.clone();
+            async move {
+                let filler =
+                    serde_json::from_value(json!({"metadata": {"name": format!("z-{i:03}")}}));
+                cms.create(&PostParams::default(), &filler.unwrap())
+                    .await
+                    .expect("a filler ConfigMap")
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let (proxy, host, running) =
+        start_through_proxy(&client, ns.name(), "replicas-plugin", RYW, None).await;
+    let census = cms
+        .create(&pp, &replicas_primary("census", "census", json!({})))
+        .await
+        .unwrap();
+    let uid = census.metadata.uid.clone().unwrap();
+    let child = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {
+            "name": name,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "census",
+                "uid": uid, "controller": true}],
+        }}))
+        .unwrap()
+    };
+    for name in ["census-a", "census-b"] {
+        cms.create(&pp, &child(name)).await.unwrap();
+    }
+    let events: Api<Event> = ns.api();
+    let notes = || async {
+        crate::write_safety::warnings(&events, "Census", "census")
+            .await
+            .into_iter()
+            .filter_map(|e| e.note)
+            .collect::<Vec<_>>()
+    };
+    wait_until("a census of a and b", WAIT, || async {
+        notes()
+            .await
+            .iter()
+            .any(|n| n == "children: census-a,census-b")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    let store = host
+        .stores()
+        .store(&rekon_host::contract::Gvk::new("", "v1", "ConfigMap"))
+        .expect("the ConfigMap store");
+    let relists = store.relists();
+
+    let hold = proxy.add(Rule::new(Action::HoldEvents).path("/configmaps").watches());
+    cms.delete("census-a", &Default::default()).await.unwrap();
+    cms.create(&pp, &child("census-c")).await.unwrap();
+    proxy.add(
+        Rule::new(Action::Delay(Duration::from_secs(3)))
+            .path("continue=")
+            .not_watches(),
+    );
+    proxy.add(
+        Rule::new(Action::WatchGone)
+            .path("/configmaps")
+            .watches()
+            .times(1),
+    );
+    assert_eq!(
+        proxy.cut_watches("/configmaps"),
+        1,
+        "the host's ConfigMap watch"
+    );
+    proxy.remove(hold);
+
+    // Sample the host's view until the relist completed: never a mix.
+    let cached = || {
+        let mut names: Vec<String> = store
+            .owned_by(&uid)
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let started = Instant::now();
+    let mut samples = 0;
+    let mut mixes = Vec::new();
+    while store.relists() == relists {
+        let view = cached();
+        if view != ["census-a", "census-b"] && view != ["census-b", "census-c"] {
+            mixes.push(view);
+        }
+        samples += 1;
+        assert!(started.elapsed() < WAIT, "no relist within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_until("a census of b and c", WAIT, || async {
+        notes()
+            .await
+            .iter()
+            .any(|n| n == "children: census-b,census-c")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    let seen = notes().await;
+    let mixed: Vec<&String> = seen
+        .iter()
+        .filter(|n| n.contains("census-a") && n.contains("census-c"))
+        .collect();
+    assert!(
+        mixes.is_empty() && mixed.is_empty(),
+        "states that never existed: the cache showed {:?} during the relist ({samples} \
+         samples); reconciles saw {mixed:?}",
+        mixes.first()
+    );
+    assert_eq!(cached(), ["census-b", "census-c"]);
+    // The fault happened as planned: a relist in two pages, the second one late.
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|s| s.path.contains("continue=") && s.rule.is_some()),
+        "the relist had no second page: {requests:?}"
+    );
+    println!("{samples} samples of the cache during the relist; census notes: {seen:?}");
 }

@@ -15,6 +15,9 @@
 //!   patched to it (patch), or deleted (delete). A target claimed by anyone is left alone,
 //!   so a write decided on a stale view and retried blindly would show, where a decision
 //!   made again on the fresh state writes nothing.
+//! - `census`: write nothing, record a Normal event `Census` whose note lists the names of
+//!   the children (ConfigMaps it controls) its snapshot shows, sorted: what the host's
+//!   cache showed that reconcile.
 //!
 //! ConfigMaps without the label (the children among them) are left alone.
 
@@ -60,6 +63,20 @@ impl Plugin for Replicas {
             Some(mode @ ("claim-update" | "claim-patch" | "claim-delete")) => {
                 let target = data.get("target").cloned().unwrap_or_default();
                 claim(&req, mode, &target)
+            }
+            Some("census") => {
+                let mut names: Vec<String> = req
+                    .related::<ConfigMap>()?
+                    .into_iter()
+                    .filter(|c| rekon_sdk::owner::is_controlled_by(&c.metadata, &req))
+                    .filter_map(|c| c.metadata.name)
+                    .collect();
+                names.sort();
+                Ok(Output::new().event(
+                    rekon_sdk::EventType::Normal,
+                    "Census",
+                    format!("children: {}", names.join(",")),
+                ))
             }
             Some("create-existing") => {
                 let target = data.get("target").cloned().unwrap_or_default();
