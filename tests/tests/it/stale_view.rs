@@ -391,6 +391,7 @@ async fn a_restarted_controller_still_waits_for_the_writes_of_the_one_it_replace
     .await
     .unwrap();
     assert!(count(&restarted.stats().reconciles) > reconciles);
+}
 
 /// Issue 13 hole 3 on the real API server: a relist (after a `410 Gone` on the re-watch)
 /// replaces the host's ConfigMap cache in one step. While the host's ConfigMap watch is
