@@ -5,6 +5,8 @@
 mod chaos;
 mod controller;
 mod deploy;
+mod dev;
+mod docs;
 mod examples;
 mod fencing;
 mod isolation;
