@@ -223,7 +223,9 @@ async fn follow_crate(krate: PluginCrate, plugins: PathBuf, client: kube::Client
                     Err(e) => eprintln!("rekon dev: {e}"),
                 }
             }
-            if let Some(path) = changed.iter().find(|p| !crds::is_crd_file(p)) {
+            // Named by a path that is still there (an editor's temporary file is not).
+            let mut edits = changed.iter().filter(|p| !crds::is_crd_file(p));
+            if let Some(path) = edits.clone().find(|p| p.exists()).or_else(|| edits.next()) {
                 let shown = path.strip_prefix(krate.dir()).unwrap_or(path);
                 why = format!("{} changed", shown.display());
                 break;

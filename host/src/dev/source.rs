@@ -218,7 +218,12 @@ impl PluginCrate {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
+                // Opening, reading and closing a file are reported too (inotify), and
+                // every build reads the sources: only a creation, a change or a removal
+                // counts.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     for path in event.paths {
                         let _ = tx.send(path);
                     }
@@ -321,6 +326,42 @@ mod tests {
         ] {
             assert!(!c.is_source(Path::new(no)), "{no}");
         }
+    }
+
+    /// The next path the watcher reports within `within`, if any.
+    async fn next_change(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+        within: std::time::Duration,
+    ) -> Option<PathBuf> {
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn reading_the_sources_is_not_a_change_and_writing_them_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("src")).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "// v1\n").unwrap();
+        let krate = PluginCrate {
+            manifest: dir.join("Cargo.toml"),
+            target_dir: dir.join("target"),
+            name: "p".into(),
+            dir: dir.clone(),
+        };
+        let (_watcher, mut rx) = krate.watch().unwrap();
+        // What every build does: cargo reads the manifest and the sources.
+        std::fs::read(dir.join("Cargo.toml")).unwrap();
+        std::fs::read(dir.join("src/lib.rs")).unwrap();
+        std::fs::read_dir(dir.join("src")).unwrap().for_each(drop);
+        let read = next_change(&mut rx, std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            read, None,
+            "a read is reported as a change: a build would start the next"
+        );
+        std::fs::write(dir.join("src/lib.rs"), "// v2\n").unwrap();
+        let written = next_change(&mut rx, std::time::Duration::from_secs(10)).await;
+        assert_eq!(written, Some(dir.join("src/lib.rs")));
     }
 
     #[test]
