@@ -250,13 +250,16 @@ async fn rekon_dev_rebuilds_an_edited_plugin_and_the_change_reaches_the_cluster_
         "the same cluster: the Greeting was never recreated"
     );
 
-    // A broken edit: the build fails, the error is shown, the running version keeps
-    // reconciling.
+    // Broken edits: each build fails, the error is shown, the running version keeps
+    // reconciling. Two in a row, so that whatever the first failure did to the running
+    // plugin has been acted on by the host (it acts on a plugin file within its settle
+    // time, 300 ms) before the second failure is reported and the primary changes.
     edit(&dir.join("src/lib.rs"), "(edited)\"", "(edited)\" +");
+    let failures = |log: &str| log.matches("building dev-greeter failed").count();
     wait_until("rekon dev reports the failed build", REBUILD_WAIT, || {
         dev.ensure_running();
         let log = dev.log();
-        async move { log.contains("building dev-greeter failed").then_some(()) }
+        async move { (failures(&log) == 1).then_some(()) }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", dev.report()));
@@ -266,6 +269,18 @@ async fn rekon_dev_rebuilds_an_edited_plugin_and_the_change_reaches_the_cluster_
         "cargo's diagnostics are shown\n{}",
         dev.report()
     );
+    edit(&dir.join("src/lib.rs"), "(edited)\" +", "(edited)\" + +");
+    wait_until(
+        "rekon dev reports the second failed build",
+        REBUILD_WAIT,
+        || {
+            dev.ensure_running();
+            let log = dev.log();
+            async move { (failures(&log) == 2).then_some(()) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", dev.report()));
     greetings
         .patch(
             "hi",
