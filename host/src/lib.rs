@@ -18,6 +18,7 @@
 //! - [`operator`]: hot-reloaded plugin directory, per-plugin config, leader election.
 //! - [`metrics`] and [`serve`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
 //! - [`testing`]: running a compiled plugin against fixture cases (`rekon test`).
+//! - [`dev`]: the local control plane, CRD files and plugin crates, for `rekon dev`.
 //! - [`cli`]: the `rekon` command line.
 
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@
 pub mod cli;
 pub mod contract;
 pub mod controller;
+pub mod dev;
 pub mod fence;
 pub mod kinds;
 pub mod metrics;

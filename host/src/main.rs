@@ -36,6 +36,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(cli::run(*args))
         }
+        Command::Dev(args) => cli::dev(args),
         Command::Rbac(args) => {
             print!("{}", cli::rbac(&args)?);
             Ok(ExitCode::SUCCESS)

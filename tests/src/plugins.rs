@@ -72,13 +72,25 @@ pub fn dir() -> &'static Path {
              `rustup target add wasm32-wasip2`):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        target_dir().join("wasm32-wasip2").join("release")
+        release_dir()
     })
 }
 
-/// The built component of a plugin crate, e.g. `path("hostile-plugin")`.
+/// Where cargo puts the plugins built for `wasm32-wasip2` in release, built or not.
+pub fn release_dir() -> PathBuf {
+    target_dir().join("wasm32-wasip2").join("release")
+}
+
+/// The component of a plugin crate in `dir` (cargo names it after the library: `-`
+/// becomes `_`), built or not.
+pub fn component_in(dir: &Path, crate_name: &str) -> PathBuf {
+    dir.join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// The built component of a plugin crate, e.g. `path("hostile-plugin")`; builds every
+/// test plugin first (once per process).
 pub fn path(crate_name: &str) -> PathBuf {
-    dir().join(format!("{}.wasm", crate_name.replace('-', "_")))
+    component_in(dir(), crate_name)
 }
 
 /// The bytes of a built plugin.

@@ -1,6 +1,7 @@
 //! The `rekon` command line. `main.rs` only parses and dispatches to these functions.
 
 mod check;
+mod dev;
 mod new;
 mod rbac;
 mod release;
@@ -8,6 +9,7 @@ mod run;
 mod test;
 
 pub use check::check;
+pub use dev::{DevArgs, dev};
 pub use new::{NewArgs, new};
 pub use rbac::{RbacArgs, rbac};
 pub use release::{ReleaseArgs, release_finalizer};
@@ -55,6 +57,11 @@ pub enum Command {
     New(NewArgs),
     /// Run the controllers of every plugin in a directory against a cluster, until SIGTERM.
     Run(Box<RunArgs>),
+    /// Develop a plugin on a local cluster: start the embedded control plane, install the
+    /// CRDs beside the plugins, print `export KUBECONFIG=…`, and run the host with hot
+    /// reload on DIR — a plugin crate, rebuilt on every change, or a directory of
+    /// components. Ctrl-C stops everything it started.
+    Dev(DevArgs),
     /// Print the ClusterRole and ClusterRoleBinding a host running the plugins of a
     /// directory needs: exactly what they declared plus the host's own needs.
     Rbac(RbacArgs),

@@ -3,7 +3,7 @@
 //! - [`store`]: one watch and one compact store per kind for the whole host (docs/design.md, invariant 8),
 //!   relisting by itself after a 410 Gone.
 //! - [`queue`]: per-plugin work queues: deduplicated, one lease per key, bounded
-//!   concurrency, backoff, live events before resync (invariants 1 and 2).
+//!   concurrency, backoff, live events before resync (docs/design.md, invariants 1 and 2).
 //! - [`mapping`]: watched-object events → primary keys.
 //! - [`Controller`]: one plugin's loop, from key to applied output.
 //! - [`Stats`]: what each plugin's controller counts, in plain counters and histograms

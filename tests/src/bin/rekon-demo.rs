@@ -1,7 +1,8 @@
 //! The rekon demo: a local control plane, `rekon run` with the example plugins, sample
 //! resources, and what the host does with them, printed as it happens.
 //!
-//! Run through `scripts/demo`, which builds the plugins and this program first.
+//! Run through `scripts/demo`, which builds this program, then the plugins it runs
+//! (`rekon-demo --plugins` lists them) and nothing else, with cargo's progress.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, Service};
@@ -15,6 +16,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The plugin crates the demo runs; `scripts/demo` builds exactly these.
+const PLUGINS: &[&str] = &["webapp", "nodepool", "netdefaults"];
 
 fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("rekon.dev", "v1alpha1", kind));
@@ -76,6 +80,22 @@ fn show_webapp(app: &DynamicObject, d: Option<&Deployment>, s: Option<&Service>)
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("--plugins") {
+        println!("{}", PLUGINS.join("\n"));
+        return Ok(());
+    }
+    // Built by scripts/demo before anything starts; the demo never builds plugins itself.
+    let built = plugins::release_dir();
+    for name in PLUGINS {
+        let wasm = plugins::component_in(&built, name);
+        anyhow::ensure!(
+            wasm.is_file(),
+            "{} is missing: run scripts/demo, which builds the demo's plugins first \
+             (cargo build --release --target wasm32-wasip2 -p {})",
+            wasm.display(),
+            PLUGINS.join(" -p ")
+        );
+    }
     println!(
         "== starting a local control plane (etcd + kube-apiserver + GC, built from source on first run)"
     );
@@ -94,8 +114,11 @@ async fn main() -> anyhow::Result<()> {
     println!("   CRDs installed: WebApp, NodePool, NodeReport");
 
     let dir = tempfile::tempdir()?;
-    for name in ["webapp", "nodepool", "netdefaults"] {
-        std::fs::copy(plugins::path(name), dir.path().join(format!("{name}.wasm")))?;
+    for name in PLUGINS {
+        std::fs::copy(
+            plugins::component_in(&built, name),
+            dir.path().join(format!("{name}.wasm")),
+        )?;
     }
     let mut options = RunOptions::new(cp.kubeconfig_path(), dir.path(), "rekon-demo");
     options.log_filter = "info,rekon_host::controller::store=warn";

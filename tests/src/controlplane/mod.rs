@@ -35,50 +35,30 @@ pub use fixtures::{
     CRD_ESTABLISHED_TIMEOUT, IntoCrd, TestNamespace, install_crd, random_name, wait_until,
 };
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 
-/// The line the Go program prints on stdout once it is ready.
-const READY_PREFIX: &str = "REKON_CONTROLPLANE_READY";
-/// How many lines of a log the errors quote.
-const LOG_TAIL_LINES: usize = 40;
+use rekon_host::dev::controlplane::{
+    LOG_TAIL_LINES, READY_PREFIX, Ready, describe_exit, tail_of_file,
+};
 
 /// Why the control plane or one of the helpers failed. Each variant is named by the
 /// outcome; the underlying cause, when there is one, is the error's `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No Go toolchain was found, and no up-to-date binary was cached.
-    #[error(
-        "cannot build the control plane from {source_dir}: no Go toolchain found (looked at $GO, \
-         `go` on PATH and /usr/local/go/bin/go); install Go >= 1.26 or set \
-         REKON_CONTROLPLANE_BIN to a prebuilt rekon-controlplane"
-    )]
-    GoMissing {
-        /// The Go sources that needed building.
-        source_dir: PathBuf,
-    },
-    /// `go build` (through `build.sh`) failed.
-    #[error(
-        "building the control plane from {source_dir} failed ({status}); last lines of the build output:\n{log_tail}"
-    )]
-    BuildFailed {
-        /// The Go sources.
-        source_dir: PathBuf,
-        /// How the build exited.
-        status: String,
-        /// The end of the build's output.
-        log_tail: String,
-    },
+    /// Finding or building the control plane binary failed, or its ready line was not
+    /// understood (the shared code of `rekon dev`).
+    #[error(transparent)]
+    Dev(#[from] rekon_host::dev::Error),
     /// Building failed earlier in this process; it is not retried.
     #[error("the control plane could not be built earlier in this process: {reason}")]
     BuildFailedEarlier {
@@ -126,14 +106,6 @@ pub enum Error {
         log: PathBuf,
         /// The end of that log.
         log_tail: String,
-    },
-    /// The ready line could not be understood.
-    #[error("the control plane printed a ready line without {missing}: {line:?}")]
-    BadReadyLine {
-        /// The key that was missing.
-        missing: &'static str,
-        /// The line.
-        line: String,
     },
     /// The kubeconfig written by the control plane could not be loaded.
     #[error("loading the control plane's kubeconfig {path}")]
@@ -237,27 +209,6 @@ fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        _ => status.to_string(),
-    }
-}
-
-fn tail_of_file(path: &Path, lines: usize) -> String {
-    match fs::read(path) {
-        Ok(data) => tail(&String::from_utf8_lossy(&data), lines),
-        Err(err) => format!("(could not read {}: {err})", path.display()),
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -475,28 +426,14 @@ impl ControlPlane {
             log_path.display()
         );
 
-        let fields: HashMap<&str, &str> = line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        let field = |key: &'static str| {
-            fields
-                .get(key)
-                .map(|v| v.to_string())
-                .ok_or_else(|| Error::BadReadyLine {
-                    missing: key,
-                    line: line.clone(),
-                })
+        let (server_url, etcd_url, admin_url) = match Ready::parse(&line) {
+            Ok(ready) => (ready.server, ready.etcd, ready.admin),
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err.into());
+            }
         };
-        let (server_url, etcd_url, admin_url) =
-            match (field("server"), field("etcd"), field("admin")) {
-                (Ok(s), Ok(e), Ok(a)) => (s, e, a),
-                (Err(err), ..) | (_, Err(err), _) | (.., Err(err)) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(err);
-                }
-            };
         let kubeconfig = match Kubeconfig::read_from(&kubeconfig_path) {
             Ok(k) => k,
             Err(source) => {

@@ -1,4 +1,4 @@
-//! Failure isolation on the real API server (invariant 5): the hostile plugin failing in
+//! Failure isolation on the real API server (docs/design.md, invariant 5): the hostile plugin failing in
 //! every way it can, beside a good plugin, in one host.
 //!
 //! Each failure fails that one reconcile and nothing else: a Warning Event on its primary

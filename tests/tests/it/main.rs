@@ -6,6 +6,8 @@ mod chaos;
 mod controller;
 mod deploy;
 mod events;
+mod dev;
+mod docs;
 mod examples;
 mod fencing;
 mod isolation;

@@ -16,11 +16,11 @@ use rekon_tests::binary::rekon;
 use rekon_tests::plugins::{target_dir, workspace};
 
 /// Where the generated crates build: kept between runs, so only the first is cold.
-fn scaffold_target() -> PathBuf {
+pub(crate) fn scaffold_target() -> PathBuf {
     target_dir().join("scaffold")
 }
 
-fn cargo(dir: &Path) -> Command {
+pub(crate) fn cargo(dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(dir)
         .env("CARGO_TARGET_DIR", scaffold_target())
@@ -30,7 +30,7 @@ fn cargo(dir: &Path) -> Command {
 }
 
 /// Runs `cmd`; panics with its output unless it succeeds. Returns stdout and stderr.
-fn run(cmd: &mut Command, what: &str) -> String {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> String {
     let started = Instant::now();
     let out: Output = cmd
         .output()
@@ -50,7 +50,7 @@ fn run(cmd: &mut Command, what: &str) -> String {
 }
 
 /// Pins the new crate to the dependency versions rekon itself builds with.
-fn copy_lock(dir: &Path) {
+pub(crate) fn copy_lock(dir: &Path) {
     std::fs::copy(workspace().join("Cargo.lock"), dir.join("Cargo.lock"))
         .expect("copying rekon's Cargo.lock");
 }

@@ -5,7 +5,7 @@
 //! [`Outcome`] that decides the key's follow-up (nothing, a requeue after a delay, or an
 //! exponential backoff). The semantics follow client-go's rate-limited delaying workqueue
 //! (its "dirty" and "processing" sets) and kube-runtime's scheduler and runner; this is where
-//! design invariants 1 (one at a time per key) and 2 (level-triggered) are enforced.
+//! docs/design.md invariants 1 (one at a time per key) and 2 (level-triggered) are enforced.
 //!
 //! ```no_run
 //! use rekon_host::controller::queue::{self, Outcome, Priority, Queue};
