@@ -5,9 +5,9 @@
 mod chaos;
 mod controller;
 mod deploy;
-mod events;
 mod dev;
 mod docs;
+mod events;
 mod examples;
 mod fencing;
 mod isolation;
