@@ -1,7 +1,8 @@
 //! Fairness between plugins: webapp's event→reconcile latency alone, then beside a plugin
 //! that loops to its time budget on many primaries, with the sandbox slots handed out
 //! first come, first served (a plain semaphore, as before) and fairly
-//! (`controller::slots`), and with calls sharing CPU turns (`sandbox::Cpu`, the default).
+//! (`controller::slots`), and with calls sharing CPU turns (`sandbox::Cpu`, the default):
+//! without a per-plugin cap, and with `rekon run`'s default cap of twice the turns.
 //!
 //! Each phase runs an in-process `Host` scoped to a fresh namespace of one local control
 //! plane, with `FAIRNESS_SLOTS` sandbox slots (default 64, `rekon run`'s: the sandbox
@@ -20,7 +21,7 @@
 //! (the event, the queue, a sandbox slot, the reconcile, the apply, and the watch back).
 //!
 //! `REKON_SLOTS=shared` runs only the first-come phase beside the loop, `REKON_SLOTS=fair`
-//! only the fair one; unset, both. `FAIRNESS_SHARE=N` adds a fair phase with the hostile
+//! only the fair ones; unset, all. `FAIRNESS_SHARE=N` adds a fair phase with the hostile
 //! plugin capped at N slots (`sandboxShare: N` in its `NAME.yaml`).
 //!
 //! Run: `cargo bench -p rekon-tests --bench fairness` (about 3 minutes). Prints a table;
@@ -86,6 +87,8 @@ struct Phase {
     policy: slots::Policy,
     share: Option<usize>,
     cpu_turns: bool,
+    /// The host's default cap per plugin (`rekon run`: twice the CPU turns).
+    default_share: Option<usize>,
 }
 
 /// What a phase measured.
@@ -102,8 +105,10 @@ fn main() {
         policy: slots::Policy::Fair,
         share: None,
         cpu_turns: true,
+        default_share: None,
     }];
     let which = settings.which.as_deref();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if which != Some("fair") {
         phases.push(Phase {
             name: "beside the loop, first-come slots, no CPU turns".into(),
@@ -111,6 +116,7 @@ fn main() {
             policy: slots::Policy::Fifo,
             share: None,
             cpu_turns: false,
+            default_share: None,
         });
     }
     if which != Some("shared") {
@@ -120,13 +126,23 @@ fn main() {
             policy: slots::Policy::Fair,
             share: None,
             cpu_turns: false,
+            default_share: None,
         });
         phases.push(Phase {
-            name: "beside the loop, fair slots and CPU turns".into(),
+            name: "beside the loop, fair slots, CPU turns, no cap".into(),
             looping: true,
             policy: slots::Policy::Fair,
             share: None,
             cpu_turns: true,
+            default_share: None,
+        });
+        phases.push(Phase {
+            name: "beside the loop, rekon run's default".into(),
+            looping: true,
+            policy: slots::Policy::Fair,
+            share: None,
+            cpu_turns: true,
+            default_share: Some(2 * cores),
         });
         if let Some(n) = settings.share {
             phases.push(Phase {
@@ -135,6 +151,7 @@ fn main() {
                 policy: slots::Policy::Fair,
                 share: Some(n),
                 cpu_turns: true,
+                default_share: None,
             });
         }
     }
@@ -234,6 +251,7 @@ async fn run_phase(
             instance: format!("bench-{}", ns.name()),
             sandbox_slots: settings.slots,
             sandbox_policy: phase.policy,
+            sandbox_share: phase.default_share,
             ..Default::default()
         },
     );

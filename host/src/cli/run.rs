@@ -233,6 +233,7 @@ fn build_host(
             max_concurrent_reconciles: args.concurrency,
             namespace: args.namespace.clone(),
             sandbox_slots: sandbox.config().pool_instances as usize,
+            sandbox_share: (turns > 0).then_some(2 * turns),
             instance: identity.to_owned(),
             fence: fence.clone(),
             request_timeout: args.request_timeout,

@@ -22,6 +22,12 @@ pub struct Config {
     /// How those slots are shared between plugins: fairly unless a bench wants the
     /// first-come baseline.
     pub sandbox_policy: super::slots::Policy,
+    /// The most slots one plugin's calls hold at once when its options set no
+    /// `sandbox_share` (`None`: no cap beyond the fair sharing). With the sandbox's CPU
+    /// turns on, `rekon run` sets twice the turns: a plugin cannot run more calls than
+    /// there are turns, and slots its calls would hold while waiting for one are slots
+    /// another plugin's call waits for (BENCHMARKS.md, "Fairness between plugins").
+    pub sandbox_share: Option<usize>,
     /// Reported as the events' reporting instance (e.g. the pod name).
     pub instance: String,
     /// Watch namespaced kinds in this namespace only (`None`: the whole cluster).
@@ -47,6 +53,7 @@ impl Default for Config {
             max_concurrent_reconciles: 64,
             sandbox_slots: 32,
             sandbox_policy: super::slots::Policy::Fair,
+            sandbox_share: None,
             instance: "rekon".to_owned(),
             namespace: None,
             thrash: thrash::ThrashConfig::default(),

@@ -344,9 +344,10 @@ impl Host {
         }
         let name = plugin.name().to_owned();
         let primary_kind = plugin.metadata.primary.clone();
-        self.shared
-            .sandbox_slots
-            .limit(&name, options.sandbox_share);
+        self.shared.sandbox_slots.limit(
+            &name,
+            options.sandbox_share.or(self.shared.config.sandbox_share),
+        );
         let reconciler = Arc::new(Controller::new(
             plugin,
             primary,

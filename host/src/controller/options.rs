@@ -14,7 +14,7 @@ pub struct PluginOptions {
     /// Concurrent reconciles, overriding the host-wide setting.
     pub concurrency: Option<usize>,
     /// The most sandbox slots its calls hold at once ([`super::slots::Slots::limit`]).
-    /// `None`: no cap beyond the fair sharing between plugins with work.
+    /// `None`: the host's default ([`super::Config::sandbox_share`]).
     pub sandbox_share: Option<usize>,
     /// JSON handed to the plugin with every call.
     pub settings: String,
