@@ -432,6 +432,14 @@ fn podman_unusable() -> Option<String> {
         }
         Ok(_) => {}
     }
+    let out = output(podman().arg("info"));
+    if !out.status.success() {
+        return Some(format!(
+            "podman info failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     let began = Instant::now();
     let out = output(
         Command::new(plugins::workspace().join("scripts/image"))
