@@ -18,7 +18,9 @@
 //! The test skips (printing `SKIPPED: container::…`) only when podman is missing or
 //! cannot run a container here.
 
-use crate::deploy::{apply, deploy_dir, docs, install_example_crds, kustomized, rekon_rbac};
+use crate::deploy::{
+    EXAMPLES, apply, deploy_dir, docs, install_example_crds, kustomized, rekon_rbac,
+};
 use crate::operator::lease_holder;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -40,6 +42,8 @@ use std::time::{Duration, Instant};
 
 /// Cold starts compile every plugin (debug host on two shared cores): generous.
 const WAIT: Duration = Duration::from_secs(180);
+/// The base image `scripts/image` imports.
+const BASE: &str = "localhost/debian:bookworm-slim";
 /// Where the kubelet mounts a ServiceAccount's token, CA and namespace.
 const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -85,6 +89,11 @@ impl Containers {
         self.0.lock().unwrap().push(name.to_owned());
     }
 
+    /// Whether the container is running.
+    fn running(name: &str) -> bool {
+        podman_ok(&["inspect", "--format", "{{.State.Running}}", name]) == "true"
+    }
+
     /// The container's log, for failure messages.
     fn logs(name: &str) -> String {
         let out = output(podman().args(["logs", "--tail", "60", name]));
@@ -93,6 +102,25 @@ impl Containers {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
+    }
+}
+
+/// Removes containers left by earlier runs of this test whose process is gone (killed
+/// before its [`Containers`] guard ran): they are named `rekon-it-PID-…`.
+fn remove_stale_containers() {
+    let names = podman_ok(&[
+        "ps",
+        "--all",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        "name=^rekon-it-",
+    ]);
+    for name in names.lines() {
+        let pid = name.split('-').nth(2).unwrap_or_default();
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = podman().args(["rm", "-f", "-t", "0", name]).output();
+        }
     }
 }
 
@@ -458,11 +486,11 @@ fn podman_unusable() -> Option<String> {
         began.elapsed(),
         String::from_utf8_lossy(&out.stdout).trim()
     );
-    let image = pod_spec().main.image.expect("an image");
-    let out = output(podman().args(["run", "--rm", "--network=host", &image, "--version"]));
+    // The base scripts/image made: a failure here is podman's, not the images'.
+    let out = output(podman().args(["run", "--rm", "--network=host", BASE, "true"]));
     if !out.status.success() {
         return Some(format!(
-            "podman run {image} --version failed ({}): {}",
+            "podman run {BASE} true failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
@@ -527,6 +555,7 @@ async fn deploy_in_containers_elects_converges_takes_over_on_stop_and_hot_loads(
     }
     std::fs::set_permissions(sa.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
 
+    tokio::task::block_in_place(remove_stale_containers);
     let containers = Containers::default();
     let prefix = format!("rekon-it-{}", std::process::id());
     let started = Instant::now();
@@ -553,15 +582,27 @@ async fn deploy_in_containers_elects_converges_takes_over_on_stop_and_hot_loads(
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
+        let mut want: Vec<String> = EXAMPLES.iter().map(|c| format!("{c}.wasm")).collect();
+        want.sort();
+        let mut seeded = seeded;
+        seeded.sort();
         assert_eq!(
-            seeded.len(),
-            5,
-            "the init container seeded the example plugins: {seeded:?}"
+            seeded, want,
+            "the init container seeded the example plugins"
         );
     }
 
     // One leader.
     let leader = wait_until("a replica leads", WAIT, || async {
+        for r in [&a, &b] {
+            let running = tokio::task::block_in_place(|| Containers::running(&r.name));
+            assert!(
+                running,
+                "{} exited before a leader was elected\n{}",
+                r.name,
+                logs(r)
+            );
+        }
         lease_holder(&admin, &pod.namespace).await.ok()?
     })
     .await

@@ -21,7 +21,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The example plugins deploy/ ships (their crates).
-const EXAMPLES: &[&str] = &["webapp", "nodepool", "netdefaults", "teardown", "rollout"];
+pub(crate) const EXAMPLES: &[&str] = &["webapp", "nodepool", "netdefaults", "teardown", "rollout"];
 
 fn loaded(crate_name: &str) -> Loaded {
     let loader = Loader::new(
