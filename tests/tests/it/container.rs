@@ -13,7 +13,10 @@
 //!
 //! One deviation: with host networking both replicas share the host's ports, so each
 //! gets a free port in place of 8080 in `--http-addr` (only the port changes), and the
-//! probes are asked on that port.
+//! probes are asked on that port. Beyond deploy/: the plugin hot-loaded at the end (the
+//! stamp test plugin) is first granted what `rekon rbac` prints for it, as an admin adding
+//! a plugin would (deploy/'s RBAC covers the example plugins only). The images are built
+//! with `scripts/image --profile debug`, the `rekon` the tests build.
 //!
 //! The test skips (printing `SKIPPED: container::…`) only when podman is missing or
 //! cannot run a container here.
