@@ -528,6 +528,18 @@ impl ControlPlane {
         namespace: &str,
         name: &str,
     ) -> Result<kube::Client, Error> {
+        let token = self.service_account_token(admin, namespace, name).await?;
+        self.client_with_token(&token).await
+    }
+
+    /// A one-hour token for ServiceAccount `namespace/name` from the TokenRequest API
+    /// (`serviceaccounts/token`), requested by `admin`: what the kubelet mounts in a pod.
+    pub async fn service_account_token(
+        &self,
+        admin: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, Error> {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         use k8s_openapi::api::core::v1::ServiceAccount;
         let request = TokenRequest {
@@ -551,7 +563,7 @@ impl ControlPlane {
                 source: "it carries no token".into(),
             });
         }
-        self.client_with_token(&token).await
+        Ok(token)
     }
 
     /// Compacts etcd at its current revision (physically), so every older

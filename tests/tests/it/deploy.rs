@@ -21,7 +21,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The example plugins deploy/ ships (their crates).
-const EXAMPLES: &[&str] = &["webapp", "nodepool", "netdefaults", "teardown", "rollout"];
+pub(crate) const EXAMPLES: &[&str] = &["webapp", "nodepool", "netdefaults", "teardown", "rollout"];
 
 fn loaded(crate_name: &str) -> Loaded {
     let loader = Loader::new(
@@ -33,7 +33,7 @@ fn loaded(crate_name: &str) -> Loaded {
 }
 
 /// Runs `rekon rbac` on a directory holding `crates`' plugins.
-fn rekon_rbac(crates: &[&str], extra: &[&str]) -> String {
+pub(crate) fn rekon_rbac(crates: &[&str], extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     for c in crates {
         std::fs::copy(plugins::path(c), dir.path().join(format!("{c}.wasm"))).unwrap();
@@ -52,15 +52,20 @@ fn rekon_rbac(crates: &[&str], extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn docs(yaml: &str) -> Vec<serde_json::Value> {
+pub(crate) fn docs(yaml: &str) -> Vec<serde_json::Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_json::Value| !v.is_null())
         .collect()
 }
 
-async fn install_example_crds(client: &kube::Client) {
-    for path in ["plugins/webapp/crd.yaml", "plugins/nodepool/crd.yaml"] {
+/// Installs the CRDs of the example plugins deploy/ ships.
+pub(crate) async fn install_example_crds(client: &kube::Client) {
+    for path in [
+        "plugins/webapp/crd.yaml",
+        "plugins/nodepool/crd.yaml",
+        "plugins/teardown/crd.yaml",
+    ] {
         let text = std::fs::read_to_string(plugins::workspace().join(path)).unwrap();
         for doc in text.split("\n---").filter(|d| d.trim().len() > 3) {
             install_crd(client, doc.to_owned()).await.unwrap();
@@ -239,7 +244,7 @@ async fn rekon_rbac_is_enough_under_rbac_and_a_missing_rule_is_named_for_its_plu
     h.shutdown(Duration::from_secs(5)).await;
 }
 
-fn deploy_dir() -> std::path::PathBuf {
+pub(crate) fn deploy_dir() -> std::path::PathBuf {
     plugins::workspace().join("deploy")
 }
 
@@ -256,7 +261,7 @@ fn deploy_rbac_is_what_rekon_rbac_prints_for_the_example_plugins() {
 }
 
 /// The resources kustomization.yaml lists, in order, as JSON objects.
-fn kustomized() -> Vec<serde_json::Value> {
+pub(crate) fn kustomized() -> Vec<serde_json::Value> {
     let dir = deploy_dir();
     let k: serde_json::Value =
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
@@ -284,36 +289,64 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         assert!(kinds.contains(&want), "deploy/ lacks a {want}: {kinds:?}");
     }
     for object in objects {
-        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-            Some((g, v)) => (g.to_owned(), v.to_owned()),
-            None => (
-                String::new(),
-                object["apiVersion"].as_str().unwrap().to_owned(),
-            ),
-        };
-        let kind = object["kind"].as_str().unwrap().to_owned();
-        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let (resource, caps) = pinned_kind(&admin, &GroupVersionKind::gvk(&group, &version, &kind))
-            .await
-            .unwrap_or_else(|e| panic!("{kind}: {e}"));
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                admin.clone(),
-                object["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{kind} {name} names its namespace")),
-                &resource,
-            ),
-            Scope::Cluster => Api::all_with(admin.clone(), &resource),
-        };
         // The namespace is created for real (a dry-run object in a missing namespace is
         // refused); everything else only passes admission and validation.
-        let mut params = PatchParams::apply("rekon-deploy-test").force();
-        if kind != "Namespace" {
-            params = params.dry_run();
-        }
-        api.patch(&name, &params, &Patch::Apply(&object))
+        let dry_run = object["kind"] != "Namespace";
+        apply(&admin, &object, dry_run)
             .await
-            .unwrap_or_else(|e| panic!("{kind} {name} fails the server-side dry run: {e}"));
+            .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Server-side applies one object of deploy/ (any kind the API server serves), or only
+/// dry-runs it; the error names the object.
+pub(crate) async fn apply(
+    admin: &kube::Client,
+    object: &serde_json::Value,
+    dry_run: bool,
+) -> Result<(), String> {
+    let (group, version) = match object["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .split_once('/')
+    {
+        Some((g, v)) => (g.to_owned(), v.to_owned()),
+        None => (
+            String::new(),
+            object["apiVersion"].as_str().unwrap_or_default().to_owned(),
+        ),
+    };
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (resource, caps) = pinned_kind(admin, &GroupVersionKind::gvk(&group, &version, &kind))
+        .await
+        .map_err(|e| format!("{kind}: {e}"))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(
+            admin.clone(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .ok_or_else(|| format!("{kind} {name} does not name its namespace"))?,
+            &resource,
+        ),
+        Scope::Cluster => Api::all_with(admin.clone(), &resource),
+    };
+    let mut params = PatchParams::apply("rekon-deploy-test").force();
+    if dry_run {
+        params = params.dry_run();
+    }
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let what = if dry_run {
+                "the server-side dry run"
+            } else {
+                "server-side apply"
+            };
+            format!("{kind} {name} fails {what}: {e}")
+        })
 }

@@ -3,6 +3,7 @@
 //! Set `REKON_TEST_LOG` (an `EnvFilter`, e.g. `rekon_host=debug`) to see the host's logs.
 
 mod chaos;
+mod container;
 mod controller;
 mod deploy;
 mod dev;

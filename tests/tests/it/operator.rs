@@ -593,7 +593,7 @@ pub(crate) async fn kubeconfig() -> std::path::PathBuf {
 }
 
 /// The lease `rekon` in `ns`, or `None` when there is none; an API error is an error.
-async fn lease(client: &kube::Client, ns: &str) -> Result<Option<Lease>, kube::Error> {
+pub(crate) async fn lease(client: &kube::Client, ns: &str) -> Result<Option<Lease>, kube::Error> {
     Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt("rekon")
         .await
@@ -601,7 +601,10 @@ async fn lease(client: &kube::Client, ns: &str) -> Result<Option<Lease>, kube::E
 
 /// Who holds the lease: `None` when there is no lease or it names no holder (released);
 /// an API error is an error, never "nobody".
-async fn lease_holder(client: &kube::Client, ns: &str) -> Result<Option<String>, kube::Error> {
+pub(crate) async fn lease_holder(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<Option<String>, kube::Error> {
     Ok(lease(client, ns)
         .await?
         .and_then(|l| l.spec?.holder_identity)
