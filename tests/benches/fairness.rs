@@ -21,7 +21,8 @@
 //! (the event, the queue, a sandbox slot, the reconcile, the apply, and the watch back).
 //!
 //! `REKON_SLOTS=shared` runs only the first-come phase beside the loop, `REKON_SLOTS=fair`
-//! only the fair ones; unset, all. `FAIRNESS_SHARE=N` adds a fair phase with the hostile
+//! only the fair ones; unset, all. `FAIRNESS_CPUS=N` sets the CPU turns (default: the
+//! cores, as `rekon run`'s `--sandbox-cpus`). `FAIRNESS_SHARE=N` adds a fair phase with the hostile
 //! plugin capped at N slots (`sandboxShare: N` in its `NAME.yaml`).
 //!
 //! Run: `cargo bench -p rekon-tests --bench fairness` (about 3 minutes). Prints a table;
@@ -61,6 +62,7 @@ struct Settings {
     samples: usize,
     which: Option<String>,
     share: Option<usize>,
+    cpus: usize,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             samples: num("FAIRNESS_SAMPLES", 200).max(1),
             which: var("REKON_SLOTS"),
             share: var("FAIRNESS_SHARE").and_then(|v| v.parse().ok()),
+            cpus: num("FAIRNESS_CPUS", sandbox::Config::default().cpus).max(1),
         }
     }
 }
@@ -108,7 +111,6 @@ fn main() {
         default_share: None,
     }];
     let which = settings.which.as_deref();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if which != Some("fair") {
         phases.push(Phase {
             name: "beside the loop, first-come slots, no CPU turns".into(),
@@ -142,7 +144,7 @@ fn main() {
             policy: slots::Policy::Fair,
             share: None,
             cpu_turns: true,
-            default_share: Some(2 * cores),
+            default_share: Some(2 * settings.cpus),
         });
         if let Some(n) = settings.share {
             phases.push(Phase {
@@ -161,7 +163,13 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     // webapp and the hostile plugin loaded into a sandbox with CPU turns, and one without.
-    let with_turns = load(sandbox::Config::default(), &settings);
+    let with_turns = load(
+        sandbox::Config {
+            cpus: settings.cpus,
+            ..Default::default()
+        },
+        &settings,
+    );
     let without_turns = load(
         sandbox::Config {
             cpus: 0,
