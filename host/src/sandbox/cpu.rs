@@ -93,14 +93,19 @@ impl State {
             else {
                 return;
             };
-            let Some(waiter) = self.waiting.remove(index) else {
-                return;
-            };
-            self.free -= 1;
-            *self.held.entry(waiter.tenant.clone()).or_default() += 1;
-            *waiter.granted.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            waiter.wake.notify_one();
+            self.grant(index);
         }
+    }
+
+    /// Hands a free turn to the waiter at `index`.
+    fn grant(&mut self, index: usize) {
+        let Some(waiter) = self.waiting.remove(index) else {
+            return;
+        };
+        self.free -= 1;
+        *self.held.entry(waiter.tenant.clone()).or_default() += 1;
+        *waiter.granted.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        waiter.wake.notify_one();
     }
 
     fn release(&mut self, tenant: &str) {
@@ -205,13 +210,24 @@ impl Turn {
         {
             let mut state = self.cpu.inner.lock();
             let mine = state.held(&self.tenant);
-            if !state.waiting.iter().any(|w| state.held(&w.tenant) < mine) {
+            // The waiter to hand over to: of a plugin holding fewer turns than this one,
+            // the fewest, the longest waiting among equals. Chosen before this turn is
+            // released: released first, it would go to whichever waiter came first, a
+            // call of this very plugin as likely as the one it should go to.
+            let Some(index) = state
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| state.held(&w.tenant) < mine)
+                .min_by_key(|(i, w)| (state.held(&w.tenant), *i))
+                .map(|(i, _)| i)
+            else {
                 return false;
-            }
+            };
             self.ran += self.since.elapsed();
             state.handovers += 1;
             state.release(&self.tenant);
-            state.dispatch();
+            state.grant(index);
         }
         self.cpu.wait(&self.tenant);
         self.since = Instant::now();
@@ -348,6 +364,44 @@ mod tests {
         assert!(loop_a.ran() < Duration::from_secs(60));
         drop(loop_a);
         assert_eq!(cpu.inner.lock().free, 2);
+    }
+
+    #[test]
+    fn a_handed_over_turn_goes_to_the_other_plugins_call_not_to_a_call_queued_before_it() {
+        let cpu = Cpu::new(1);
+        let mut first = cpu.enter(&tenant("loop"));
+        // Another call of the looping plugin queues first, then webapp's.
+        let (tx, rx) = mpsc::channel();
+        let queued = {
+            let (cpu, tx) = (cpu.clone(), tx.clone());
+            thread::spawn(move || {
+                let turn = cpu.enter(&tenant("loop"));
+                tx.send("loop").unwrap();
+                drop(turn);
+            })
+        };
+        until("the second loop call to wait", || waiting(&cpu) == 1);
+        let web = {
+            let cpu = cpu.clone();
+            thread::spawn(move || {
+                let turn = cpu.enter(&tenant("webapp"));
+                tx.send("webapp").unwrap();
+                drop(turn);
+            })
+        };
+        until("webapp's call to wait", || waiting(&cpu) == 2);
+        let sharer = thread::spawn(move || {
+            assert!(first.share());
+            first
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "webapp",
+            "the turn went to the loop's own queued call"
+        );
+        web.join().unwrap();
+        drop(sharer.join().unwrap());
+        queued.join().unwrap();
     }
 
     #[test]
