@@ -4,8 +4,9 @@
 use super::Error;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The field manager of `rekon dev`'s writes.
 const MANAGER: &str = "rekon-dev";
@@ -104,24 +105,15 @@ pub async fn install(client: &kube::Client, files: &[PathBuf]) -> Result<Vec<Str
             )
             .await
             .map_err(|e| failed(e.to_string()))?;
-            let began = Instant::now();
-            loop {
-                let current = api.get(&name).await.map_err(|e| failed(e.to_string()))?;
-                let established = current
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    break;
-                }
-                if began.elapsed() > ESTABLISHED_TIMEOUT {
-                    return Err(failed(format!(
-                        "not established after {ESTABLISHED_TIMEOUT:?}"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let established = tokio::time::timeout(
+                ESTABLISHED_TIMEOUT,
+                await_condition(api.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .map_err(|_| failed(format!("not established after {ESTABLISHED_TIMEOUT:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
+            if established.is_none() {
+                return Err(failed("deleted while waiting to be established".into()));
             }
             names.push(name);
         }

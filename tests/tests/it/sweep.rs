@@ -1031,15 +1031,17 @@ fn start_process(example: Example, proxy: Arc<FaultProxy>, ns: &TestNamespace, i
         let process = process.clone();
         async move {
             // Polls the proxy's log (no event to wait on across the process boundary).
-            while proxy
-                .requests()
-                .iter()
-                .filter(|s| s.is_write() && counted_write(&s.path) && s.status.is_some())
-                .count()
-                <= i
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            wait_until("the write to kill after is answered", WAIT, || async {
+                (proxy
+                    .requests()
+                    .iter()
+                    .filter(|s| s.is_write() && counted_write(&s.path) && s.status.is_some())
+                    .count()
+                    > i)
+                    .then_some(())
+            })
+            .await
+            .expect("the host makes the write it is killed after");
             process.lock().unwrap().kill();
             proxy.remove(hole);
             let restarted = start();
