@@ -16,6 +16,12 @@
 //!     [`Error::NotOwned`], naming the object's controller or field managers, unless the
 //!     plugin's options adopt that kind; an adopting apply carries the resourceVersion
 //!     observed, so a concurrent change still gives 409.
+//!   - An apply carrying a resourceVersion whose object was deleted meanwhile is not
+//!     refused by the API server: it creates the object anew (with another uid). The
+//!     host deletes that object again at once (conditioned on its uid and
+//!     resourceVersion) and stops with [`Error::Gone`]: a deleted primary never comes
+//!     back, nor a deleted primary's child, and the plugin decides again on the cache
+//!     that shows the deletion.
 //! - `update`, `update-status`, `merge-patch` and `delete` carry the resourceVersion (and
 //!   for patch and delete the uid) the plugin gave or the snapshot had; a target the
 //!   snapshot does not hold and that carries no resourceVersion is refused
@@ -250,9 +256,10 @@ pub enum Error {
         /// The object.
         what: String,
     },
-    /// The object the write was conditioned on no longer exists (404), or the primary is
-    /// gone before a child would be created for it: the cache is behind. Nothing was
-    /// written; the plugin decides again once the cache shows it gone (`gone`).
+    /// The object the write was conditioned on no longer exists (404, or an apply
+    /// created it anew and the host deleted that again), or the primary is gone before a
+    /// child would be created for it: the cache is behind. Nothing was written (or what
+    /// was, was undone); the plugin decides again once the cache shows it gone (`gone`).
     #[error("{verb} {what}: the object is gone; deciding again once the cache shows it")]
     Gone {
         /// Mutation verb.
@@ -644,7 +651,8 @@ impl Applier {
                     continue;
                 }
                 Mutation::Apply(obj) => {
-                    self.server_side_apply(cx, &snapshot, obj, &mut primary_confirmed)
+                    let primary = &mut primary_confirmed;
+                    self.server_side_apply(cx, &snapshot, obj, primary, &mut report.written)
                         .await
                 }
                 Mutation::Create(_) => match self.confirm_primary(cx, &mut primary_confirmed).await
@@ -784,6 +792,7 @@ impl Applier {
         snapshot: &Snapshot,
         obj: &Value,
         primary_confirmed: &mut bool,
+        undone: &mut Vec<Written>,
     ) -> Result<Written, Error> {
         let kind = kind_of(obj);
         let name = meta(obj, "name").unwrap_or_default().to_owned();
@@ -811,31 +820,34 @@ impl Applier {
                 None => Consent::Unseen,
             }
         };
-        let (force, precondition) = match consent {
+        // The object the apply is conditioned on (`None`: it creates).
+        let seen = match consent {
             Consent::Seen(seen) => {
                 if let Some(s) = &seen
                     && !owner::is_same_object(&desired, cx.primary)
                 {
                     self.may_take(cx, &api, &kind, &what, &name, s).await?;
                 }
-                (true, seen.map(|s| s.resource_version))
+                seen
             }
             Consent::Unseen => {
                 let live = self.call("apply", &what, false, api.get_opt(&name)).await?;
                 match live.map_err(|e| Error::from_kube("apply", what.clone(), e))? {
                     None => {
                         self.confirm_primary(cx, primary_confirmed).await?;
-                        (false, None)
+                        None
                     }
                     Some(live) => {
                         let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                         let seen = seen_of(&live);
                         self.may_take(cx, &api, &kind, &what, &name, &seen).await?;
-                        (true, Some(seen.resource_version))
+                        Some(seen)
                     }
                 }
             }
         };
+        let force = seen.is_some();
+        let precondition = seen.as_ref().map(|s| s.resource_version.clone());
         owner::set_controller_ref(&mut desired, cx.primary);
         let precondition = precondition.filter(|rv| !rv.is_empty());
         if let Some(rv) = &precondition {
@@ -851,11 +863,87 @@ impl Applier {
                 api.patch(&name, &params, &Patch::Apply(&desired)),
             )
             .await?
-            .map_err(|e| Error::from_kube("apply", what, e))?;
+            .map_err(|e| Error::from_kube("apply", what.clone(), e))?;
+        if let Some(seen) = seen.filter(|s| !s.uid.is_empty())
+            && out.metadata.uid.as_deref() != Some(seen.uid.as_str())
+        {
+            let (gone, undo) = self
+                .undo_recreate(&api, what, &kind, ns, &name, &seen.uid, &out)
+                .await;
+            undone.extend(undo);
+            return Err(gone);
+        }
         let mut w = written(&kind, ns, name, "apply", Some(out));
         w.previous = precondition;
         w.digest = digest(obj, false);
         Ok(w)
+    }
+
+    /// An apply conditioned on the object the plugin saw (uid `seen_uid`) created `out`
+    /// anew: that object was deleted meanwhile, and the API server drops an apply's
+    /// resourceVersion precondition when the object is missing. The plugin decided on an
+    /// object that no longer exists, so nothing may be written: `out` is deleted again
+    /// (conditioned on its uid and resourceVersion, so a change by anyone since is kept)
+    /// and the plugin decides again once the cache shows the deletion. Without this, an
+    /// apply racing a user's delete would bring a deleted primary back, or a child of a
+    /// deleted primary.
+    ///
+    /// Returns the [`Error::Gone`] to stop the output with, and the undoing delete when
+    /// it was accepted: read-your-writes then waits until the cache has seen that delete,
+    /// so the plugin never decides on the short-lived object either. A failed undo is
+    /// logged (the object then carries the primary's owner reference, if any, and the
+    /// garbage collector removes it when the primary is gone).
+    #[allow(clippy::too_many_arguments)]
+    async fn undo_recreate(
+        &self,
+        api: &Api<DynamicObject>,
+        what: String,
+        kind: &Gvk,
+        ns: Option<String>,
+        name: &str,
+        seen_uid: &str,
+        out: &DynamicObject,
+    ) -> (Error, Option<Written>) {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: out.metadata.resource_version.clone(),
+                uid: out.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        };
+        let mut undo = None;
+        match self
+            .call("delete", &what, true, api.delete(name, &dp))
+            .await
+        {
+            Ok(Ok(deleted)) => {
+                tracing::info!(
+                    object = %what,
+                    "an apply re-created an object deleted since the plugin saw it; deleted it again"
+                );
+                let mut w = written(kind, ns.clone(), name.to_owned(), "delete", deleted.left());
+                if w.uid.is_none() {
+                    w.uid.clone_from(&out.metadata.uid);
+                }
+                w.previous.clone_from(&out.metadata.resource_version);
+                undo = Some(w);
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+            Ok(Err(e)) => tracing::warn!(
+                object = %what, error = %e,
+                "an apply re-created an object deleted since the plugin saw it; deleting it again failed"
+            ),
+            Err(e) => tracing::warn!(
+                object = %what, error = %e,
+                "an apply re-created an object deleted since the plugin saw it; deleting it again failed"
+            ),
+        }
+        let gone = Error::Gone {
+            verb: "apply",
+            what,
+            vanished: Some(Vanished::new(kind, ns.as_deref(), name, seen_uid)),
+        };
+        (gone, undo)
     }
 
     /// Whether an apply may write over the existing object `seen`: the primary controls

@@ -656,6 +656,174 @@ async fn a_delete_with_a_stale_resource_version_and_uid_gets_409_and_is_decided_
     a_stale_write_gets_409_and_is_decided_again("claim-delete").await;
 }
 
+/// Issue 13, the hole the sweep found: an apply carries the resourceVersion of the object
+/// the plugin saw, but the API server creates a missing object on apply whatever the
+/// resourceVersion (`smoke::a_forced_apply_with_the_version_of_a_deleted_object_creates_
+/// it_anew`). The plugin `seal` applies its own primary; the fault proxy holds that apply
+/// while a user deletes the primary. Released, the apply re-creates it: the host must
+/// delete it again at once and decide again on the cache that shows it gone, so a
+/// deleted primary never comes back.
+#[tokio::test]
+async fn an_apply_racing_the_deletion_of_its_primary_does_not_bring_the_primary_back() {
+    use http::Method;
+    let (client, ns) = setup("no-resurrect").await;
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
+    let stats = running.stats().clone();
+    let cms: Api<ConfigMap> = ns.api();
+    let primary = cms
+        .create(
+            &PostParams::default(),
+            &replicas_primary("p", "seal", json!({"round": "1"})),
+        )
+        .await
+        .unwrap();
+    wait_until("the primary is sealed", WAIT, || async {
+        let p = cms.get("p").await.ok()?;
+        (p.data?.get("sealed")? == "1").then_some(())
+    })
+    .await
+    .unwrap();
+    idle(&running).await;
+    let (status, index) = hold_next_write(
+        &proxy,
+        &[Method::PATCH],
+        "/configmaps/p",
+        async {
+            cms.patch(
+                "p",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"round": "2"}})),
+            )
+            .await
+            .unwrap();
+        },
+        || async {
+            cms.delete("p", &DeleteParams::default()).await.unwrap();
+        },
+    )
+    .await;
+    assert!(
+        (200..300).contains(&status),
+        "the held apply was answered {status}, not a creation"
+    );
+    idle(&running).await;
+    let now = cms.get_opt("p").await.unwrap();
+    assert!(
+        now.is_none(),
+        "the deleted primary came back: {:?}",
+        now.map(|p| (p.metadata.uid, p.data))
+    );
+    assert_ne!(primary.metadata.uid, None);
+    let undo: Vec<_> = proxy.requests()[index + 1..]
+        .iter()
+        .filter(|s| s.method == Method::DELETE && s.path.contains("/configmaps/p"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        undo.len(),
+        1,
+        "the re-created primary is deleted once: {undo:?}"
+    );
+    assert!(stats.write_errors().get("gone").copied() >= Some(1));
+}
+
+/// The same race on a child: the plugin `probe` applies `p-a` and `p-b`; the fault proxy
+/// holds the apply of `p-a` while a user deletes the primary and the garbage collector
+/// deletes its children. Released, the apply re-creates `p-a` owned by a primary that is
+/// gone: the host deletes it again itself (the garbage collector would only get to it
+/// later), writes nothing after it, and does not decide on the deleted primary again.
+#[tokio::test]
+async fn an_apply_racing_the_deletion_of_its_primary_leaves_no_child_behind() {
+    use http::Method;
+    let (client, ns) = setup("no-orphan").await;
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
+    let cms: Api<ConfigMap> = ns.api();
+    cms.create(
+        &PostParams::default(),
+        &replicas_primary("p", "probe", json!({})),
+    )
+    .await
+    .unwrap();
+    let both = || async {
+        let a = cms.get_opt("p-a").await.ok()??;
+        cms.get_opt("p-b").await.ok()??;
+        Some(a)
+    };
+    let first = wait_until("both children exist", WAIT, both).await.unwrap();
+    idle(&running).await;
+    let (status, index) = hold_next_write(
+        &proxy,
+        &[Method::PATCH],
+        "/configmaps/p-a",
+        async {
+            cms.patch(
+                "p",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"touched": "yes"}})),
+            )
+            .await
+            .unwrap();
+        },
+        || async {
+            cms.delete("p", &DeleteParams::background()).await.unwrap();
+            wait_until(
+                "the garbage collector deletes the children",
+                WAIT,
+                || async {
+                    let a = cms.get_opt("p-a").await.ok()?;
+                    let b = cms.get_opt("p-b").await.ok()?;
+                    (a.is_none() && b.is_none()).then_some(())
+                },
+            )
+            .await
+            .unwrap();
+        },
+    )
+    .await;
+    assert!(
+        (200..300).contains(&status),
+        "the held apply was answered {status}, not a creation"
+    );
+    idle(&running).await;
+    let after: Vec<_> = proxy.requests()[index + 1..]
+        .iter()
+        .filter(|s| s.is_write() && s.path.contains("/configmaps/p"))
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.method,
+                s.path.split('?').next().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        after,
+        vec![format!(
+            "DELETE /api/v1/namespaces/{}/configmaps/p-a",
+            ns.name()
+        )],
+        "after the re-creating apply: only its undo (p-b is not applied)"
+    );
+    let now = cms.get_opt("p-a").await.unwrap();
+    assert!(
+        now.as_ref()
+            .is_none_or(|a| a.metadata.uid == first.metadata.uid),
+        "p-a was re-created"
+    );
+}
+
 /// Issue 18, "the adopting write carries the resourceVersion read": the Service the
 /// WebApp adopts is not in its snapshot, so the host reads it, then applies with the
 /// resourceVersion it read. The fault proxy holds that apply while a foreign writer

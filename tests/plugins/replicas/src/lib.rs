@@ -15,6 +15,8 @@
 //!   patched to it (patch), or deleted (delete). A target claimed by anyone is left alone,
 //!   so a write decided on a stale view and retried blindly would show, where a decision
 //!   made again on the fresh state writes nothing.
+//! - `seal`: apply the primary itself with `data.sealed` set to `data.round`, unless it
+//!   already is (the host must never bring a deleted primary back with that apply).
 //! - `census`: write nothing, record a Normal event `Census` whose note lists the names of
 //!   the children (ConfigMaps it controls) its snapshot shows, sorted: what the host's
 //!   cache showed that reconcile.
@@ -63,6 +65,17 @@ impl Plugin for Replicas {
             Some(mode @ ("claim-update" | "claim-patch" | "claim-delete")) => {
                 let target = data.get("target").cloned().unwrap_or_default();
                 claim(&req, mode, &target)
+            }
+            Some("seal") => {
+                let round = data.get("round").cloned().unwrap_or_default();
+                if data.get("sealed") == Some(&round) {
+                    return Ok(Output::new());
+                }
+                Ok(Output::new().apply(rekon_sdk::serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": { "name": req.name(), "namespace": req.namespace() },
+                    "data": { "sealed": round },
+                })))
             }
             Some("census") => {
                 let mut names: Vec<String> = req
