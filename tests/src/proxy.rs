@@ -308,6 +308,10 @@ pub struct Seen {
     pub rule: Option<RuleId>,
     /// Whether it was forwarded and the API server answered it.
     pub forwarded: bool,
+    /// For a write forwarded upstream, the resourceVersion its body is conditioned on:
+    /// `metadata.resourceVersion` (apply, update, patch) or
+    /// `preconditions.resourceVersion` (delete). `None` when it carries none.
+    pub precondition: Option<String>,
 }
 
 impl Seen {
@@ -322,6 +326,19 @@ fn is_write(method: &Method) -> bool {
         *method,
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     )
+}
+
+/// The resourceVersion a write's JSON body is conditioned on, if any.
+fn precondition_of(body: &[u8]) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    [
+        "/metadata/resourceVersion",
+        "/preconditions/resourceVersion",
+    ]
+    .iter()
+    .find_map(|p| body.pointer(p)?.as_str())
+    .filter(|rv| !rv.is_empty())
+    .map(str::to_owned)
 }
 
 /// Whether a path's query asks for a watch.
@@ -436,6 +453,7 @@ impl Shared {
             status: None,
             rule: None,
             forwarded: false,
+            precondition: None,
         };
         let decision = if *blocked {
             Decision::BlackHole(None)
@@ -459,6 +477,12 @@ impl Shared {
         };
         seen.push(entry);
         (index, decision)
+    }
+
+    fn conditioned_on(&self, index: usize, precondition: Option<String>) {
+        if let Some(seen) = self.lock().seen.get_mut(index) {
+            seen.precondition = precondition;
+        }
     }
 
     fn answered(&self, index: usize, status: StatusCode, forwarded: bool) {
@@ -885,6 +909,9 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(e) => return Err(Box::new(e) as BoxError),
     };
+    if is_write(&method) {
+        shared.conditioned_on(index, precondition_of(&body));
+    }
     let mut upstream_request = Request::builder().method(method.clone()).uri(path.as_str());
     if let Some(headers) = upstream_request.headers_mut() {
         copy_headers(&parts.headers, headers);
@@ -1066,6 +1093,21 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writes_precondition_is_read_from_its_metadata_or_its_delete_preconditions() {
+        let of = |v: serde_json::Value| precondition_of(v.to_string().as_bytes());
+        let apply = serde_json::json!({"metadata": {"name": "a", "resourceVersion": "7"}});
+        assert_eq!(of(apply), Some("7".to_owned()));
+        let delete = serde_json::json!({"preconditions": {"uid": "u", "resourceVersion": "9"}});
+        assert_eq!(of(delete), Some("9".to_owned()));
+        assert_eq!(of(serde_json::json!({"metadata": {"name": "a"}})), None);
+        assert_eq!(
+            of(serde_json::json!({"metadata": {"resourceVersion": ""}})),
+            None
+        );
+        assert_eq!(precondition_of(b"not json"), None);
+    }
 
     #[test]
     fn lines_are_cut_at_newlines_and_the_rest_waits_for_more() {

@@ -4,6 +4,14 @@
 //! data (every watch breaks and its resume expires: 410 Gone), and the host is SIGKILLed
 //! and restarted. At the end every WebApp has converged, there are no duplicate or orphan
 //! children, no foreign change was lost, and the host's memory is back to its baseline.
+//!
+//! "No foreign change lost" is proven twice. The foreign label lies outside the fields
+//! webapp applies, so its survival shows applies keep fields they do not own. That alone
+//! would hold even for a blind write, so the host also talks to the API server through
+//! the fault proxy (no faults injected), which records what each write was conditioned
+//! on: every write the API server accepted to an existing Deployment must have carried a
+//! resourceVersion — a foreign write in between would have made it a 409 — and some of
+//! them must have met exactly that (a 409), or the foreign writers never raced the host.
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,6 +23,7 @@ use rekon_tests::controlplane::{
 };
 use rekon_tests::plugins;
 use rekon_tests::process::{MetricError, RekonProcess, RunOptions};
+use rekon_tests::proxy::FaultProxy;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -233,7 +242,13 @@ async fn chaos_two_hundred_webapps_converge_through_restarts_kills_and_foreign_w
     ] {
         std::fs::copy(plugins::path(krate), dir.path().join(file)).unwrap();
     }
-    let mut host = start_host(&kubeconfig, dir.path(), &ns, "chaos-1");
+    // The host's requests go through the fault proxy, which records what each write was
+    // conditioned on (no rules: nothing is injected).
+    let proxy = FaultProxy::start(client.clone()).await.unwrap();
+    let kubeconfig_dir = tempfile::tempdir().unwrap();
+    let proxied = kubeconfig_dir.path().join("kubeconfig");
+    proxy.write_kubeconfig(&proxied).unwrap();
+    let mut host = start_host(&proxied, dir.path(), &ns, "chaos-1");
     ready(&host).await;
 
     // The hostile plugin's primaries fail in every way, with backoff, beside the WebApps.
@@ -335,7 +350,7 @@ async fn chaos_two_hundred_webapps_converge_through_restarts_kills_and_foreign_w
     scale(&client, &ns, 100, 50, 2).await;
     host.kill();
     println!("chaos: host SIGKILLed");
-    let mut host = start_host(&kubeconfig, dir.path(), &ns, "chaos-2");
+    let mut host = start_host(&proxied, dir.path(), &ns, "chaos-2");
     ready(&host).await;
     wait_converged(&client, &ns, "convergence after the host restart", &host).await;
 
@@ -373,6 +388,32 @@ async fn chaos_two_hundred_webapps_converge_through_restarts_kills_and_foreign_w
             lost += 1;
         }
     }
+    // No blind write: every write to an existing Deployment was conditioned on the
+    // version the host had seen, so none could land over a foreign write it had not.
+    let deployment_writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|s| s.is_write() && s.forwarded && s.path.contains("/deployments/"))
+        .collect();
+    let blind: Vec<String> = deployment_writes
+        .iter()
+        .filter(|s| {
+            s.status
+                .is_some_and(|c| (200..300).contains(&c) && c != 201)
+        })
+        .filter(|s| s.precondition.is_none())
+        .map(|s| format!("{} {} → {:?}", s.method, s.path, s.status))
+        .collect();
+    let refused = deployment_writes
+        .iter()
+        .filter(|s| s.status == Some(409))
+        .count();
+    println!(
+        "chaos: the host's writes to Deployments: {}, without a resourceVersion and \
+         accepted over an existing object {}, refused 409 (a foreign write came first) {refused}",
+        deployment_writes.len(),
+        blind.len()
+    );
     let c = census(&client, &ns).await.unwrap();
     let conflicts = match host.metric("rekon_apply_conflicts_total{plugin=\"webapp\"}") {
         Ok(n) => n.to_string(),
@@ -406,6 +447,11 @@ async fn chaos_two_hundred_webapps_converge_through_restarts_kills_and_foreign_w
     assert_eq!((c.deployments, c.services), (N, N), "no duplicates");
     assert_eq!(c.orphans_or_duplicates, 0);
     assert_eq!(lost, 0, "foreign changes were overwritten");
+    assert!(blind.is_empty(), "blind writes: {blind:#?}");
+    assert!(
+        refused > 0,
+        "no host write met a foreign one: the no-blind-write check proved nothing"
+    );
     assert!(foreign_writes > 0 && !last.is_empty());
     assert!(
         faults > 0.0,
