@@ -346,6 +346,86 @@ async fn release_finalizer_lets_go_of_a_removed_plugins_finalizer_and_nothing_el
     assert!(ok && out.contains("released 1 finalizer(s)"), "{out}{err}");
 }
 
+/// `rekon release-finalizer` patches with the resourceVersion it read: the fault proxy
+/// holds its patch while another controller adds a finalizer of its own, so the API
+/// server answers the held patch 409 (a blind patch would write the finalizer list it
+/// read and drop the other one). The command reads the object again and releases only
+/// its plugin's finalizer.
+#[tokio::test]
+async fn release_finalizer_meets_a_conflict_reads_again_and_keeps_a_finalizer_added_meanwhile() {
+    use rekon_tests::proxy::{Action, FaultProxy, Rule};
+    let (client, ns) = setup("relfin-409").await;
+    let api: Api<ConfigMap> = ns.api();
+    let held: ConfigMap = serde_json::from_value(json!({"metadata": {
+        "name": "held", "finalizers": ["rekon.dev/stamp"],
+        "annotations": {"finalizers.rekon.dev/stamp": "rekon.dev/stamp"},
+    }}))
+    .unwrap();
+    api.create(&PostParams::default(), &held).await.unwrap();
+    let proxy = FaultProxy::start(client.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    proxy.write_kubeconfig(&kubeconfig).unwrap();
+    let hold = proxy.add(
+        Rule::new(Action::Hold)
+            .methods([http::Method::PATCH])
+            .path("/configmaps/held")
+            .times(1),
+    );
+    let ns_arg = format!("--namespace={}", ns.name());
+    let command = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(rekon_tests::binary::rekon())
+            .arg("release-finalizer")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["stamp", &ns_arg, "--kind=ConfigMap"])
+            .output()
+            .expect("rekon runs")
+    });
+    wait_until("the command's patch is held", WAIT, || async {
+        proxy
+            .requests()
+            .iter()
+            .any(|s| s.rule == Some(hold))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let mut current = api.get("held").await.unwrap();
+    current
+        .metadata
+        .finalizers
+        .get_or_insert_default()
+        .push("example.com/other".into());
+    api.replace("held", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    assert!(proxy.remove(hold));
+    let out = command.await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("released 1 finalizer(s)"), "{stdout}");
+    let patches: Vec<Option<u16>> = proxy
+        .requests()
+        .iter()
+        .filter(|s| s.method == http::Method::PATCH && s.path.contains("/configmaps/held"))
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(
+        patches,
+        [Some(409), Some(200)],
+        "the held patch met the change"
+    );
+    let after = api.get("held").await.unwrap();
+    assert_eq!(
+        after.metadata.finalizers.unwrap_or_default(),
+        ["example.com/other"],
+        "only the plugin's finalizer was released"
+    );
+}
+
 #[tokio::test]
 async fn the_watch_of_a_kind_is_released_when_its_last_plugin_stops() {
     let (client, ns) = setup("release").await;
