@@ -41,7 +41,8 @@ pub struct DevArgs {
     /// The API server's port on 127.0.0.1 (default: a free one).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Address for the host's /metrics, /healthz and /readyz (none when absent).
+    /// Address for the host's /metrics, /healthz and /readyz (none when absent). With a
+    /// plugin crate, /readyz answers 503 until its first build is loaded.
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
     /// Directory of compiled plugin artifacts (a restart does not recompile).
@@ -139,10 +140,12 @@ pub fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
                 dir.display()
             ),
         }
+        // Not ready before the crate's first build is in the plugin directory.
+        let (built, gate) = tokio::sync::watch::channel(krate.is_none());
         let follower = krate
             .clone()
-            .map(|k| tokio::spawn(follow_crate(k, plugins.clone(), client.clone())));
-        let code = run::run(run_args(&plugins, &kubeconfig, &args)?).await;
+            .map(|k| tokio::spawn(follow_crate(k, plugins.clone(), client.clone(), built)));
+        let code = run::run_gated(run_args(&plugins, &kubeconfig, &args)?, Some(gate)).await;
         if let Some(task) = follower {
             // Dropping the build in progress stops cargo.
             task.abort();
@@ -182,8 +185,14 @@ fn run_args(plugins: &Path, kubeconfig: &Path, args: &DevArgs) -> anyhow::Result
 }
 
 /// Builds the crate into `plugins`, then again after every change of its files; a changed
-/// CRD file is applied again. Runs until aborted.
-async fn follow_crate(krate: PluginCrate, plugins: PathBuf, client: kube::Client) {
+/// CRD file is applied again. Sends `true` on `built` once a build is in `plugins`. Runs
+/// until aborted.
+async fn follow_crate(
+    krate: PluginCrate,
+    plugins: PathBuf,
+    client: kube::Client,
+    built: tokio::sync::watch::Sender<bool>,
+) {
     let mut watched = krate
         .watch()
         .map_err(|e| eprintln!("rekon dev: {e}; building once, not following changes"))
@@ -194,12 +203,18 @@ async fn follow_crate(krate: PluginCrate, plugins: PathBuf, client: kube::Client
         let began = std::time::Instant::now();
         match krate.build().await {
             Ok(wasm) => match source::publish(&wasm, &plugins, krate.name()) {
-                Ok(true) => eprintln!(
-                    "rekon dev: built {} in {:.1?}; the host loads it",
-                    krate.name(),
-                    began.elapsed()
-                ),
-                Ok(false) => eprintln!("rekon dev: {} is unchanged", krate.name()),
+                Ok(changed) => {
+                    if changed {
+                        eprintln!(
+                            "rekon dev: built {} in {:.1?}; the host loads it",
+                            krate.name(),
+                            began.elapsed()
+                        );
+                    } else {
+                        eprintln!("rekon dev: {} is unchanged", krate.name());
+                    }
+                    built.send_replace(true);
+                }
                 Err(e) => eprintln!("rekon dev: {e}"),
             },
             Err(e) => eprintln!("rekon dev: {e}"),

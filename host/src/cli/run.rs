@@ -115,6 +115,19 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
 /// The cluster is unreachable, the plugin directory cannot be read, or the HTTP address
 /// cannot be bound.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    run_gated(args, None).await
+}
+
+/// [`run`], with `/readyz` also held at 503 until `gate` holds `true` (`rekon dev`: until
+/// the first build of its plugin crate is in the plugin directory; an empty directory
+/// would otherwise count as every plugin loaded).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_gated(
+    args: RunArgs,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<ExitCode> {
     if !args.plugins.is_dir() {
         anyhow::bail!("plugin directory {} does not exist", args.plugins.display());
     }
@@ -186,7 +199,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let ready_host = host.clone();
     let ready = readiness.clone();
     operator::follow(&mut set, &Follow::default(), stop, move |settled| {
-        if settled && !ready.is_ready() && ready_host.all_synced() {
+        let opened = gate.as_ref().is_none_or(|g| *g.borrow());
+        if settled && opened && !ready.is_ready() && ready_host.all_synced() {
             tracing::info!(plugins = ?ready_host.plugins(), "ready: plugins loaded, stores synced");
             ready.set(true);
         }

@@ -1,5 +1,6 @@
 //! `rekon dev` on a plugin crate made by `rekon new`: it starts the local control plane,
-//! installs the crate's CRD, builds the plugin and runs the host; an edit of the plugin's
+//! installs the crate's CRD, builds the plugin and runs the host (`/readyz` answering 200
+//! only once that first build is loaded); an edit of the plugin's
 //! source reaches the cluster with the same `rekon dev` process and the same control
 //! plane; a broken edit leaves the running version running; Ctrl-C stops everything.
 //!
@@ -18,6 +19,7 @@ use kube::api::{
 };
 use rekon_tests::binary::rekon;
 use rekon_tests::controlplane::{TestNamespace, wait_until};
+use rekon_tests::process::http_get;
 use serde_json::json;
 
 use crate::scaffold::{copy_lock, run, scaffold_target};
@@ -42,10 +44,11 @@ struct Dev {
 }
 
 impl Dev {
-    fn start(dir: &Path, log: PathBuf) -> Dev {
+    fn start(dir: &Path, log: PathBuf, http_port: u16) -> Dev {
         let mut child = Command::new(rekon())
             .arg("dev")
             .arg(dir)
+            .arg(format!("--http-addr=127.0.0.1:{http_port}"))
             .env("CARGO_TARGET_DIR", scaffold_target())
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_BUILD_TARGET")
@@ -154,7 +157,11 @@ async fn rekon_dev_rebuilds_an_edited_plugin_and_the_change_reaches_the_cluster_
     );
     copy_lock(&dir);
 
-    let mut dev = Dev::start(&dir, tmp.path().join("rekon-dev.log"));
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut dev = Dev::start(&dir, tmp.path().join("rekon-dev.log"), http_port);
     let kubeconfig = wait_until(
         "rekon dev prints export KUBECONFIG=",
         CONTROL_PLANE_WAIT,
@@ -201,6 +208,24 @@ async fn rekon_dev_rebuilds_an_edited_plugin_and_the_change_reaches_the_cluster_
         .expect("creating a Greeting")
         .metadata
         .uid;
+    // /readyz turns 200 only once the first build is loaded: an empty plugin directory
+    // is not "every plugin loaded". The log is read after each answer, so a 200 that
+    // came first shows as a log without the build.
+    let built_when_ready = wait_until("/readyz answers 200", FIRST_BUILD_WAIT, || {
+        dev.ensure_running();
+        let answer = http_get(http_port, "/readyz").map(|(status, _)| status);
+        let log = dev.log();
+        async move {
+            (answer == Some(200)).then(|| log.contains("rekon dev: built dev-greeter in"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", dev.report()));
+    assert!(
+        built_when_ready,
+        "/readyz answered 200 before the plugin was built\n{}",
+        dev.report()
+    );
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
     wait_until(
         "the first build reconciles the Greeting",
