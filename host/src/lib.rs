@@ -11,7 +11,7 @@
 //! - [`plugin`]: checking, compiling and caching a plugin component; load-time policy.
 //! - [`controller`]: shared watches and stores, key mapping, the work queue, resync, and
 //!   the reconcile loop per plugin.
-//! - [`write`]: writing a plugin's output to the API server, conflict-safe (checks,
+//! - [`mod@write`]: writing a plugin's output to the API server, conflict-safe (checks,
 //!   resourceVersion preconditions, owner references, status, events).
 //! - [`fence`]: whether this process may write now (the leader Lease).
 //! - [`rbac`]: the permissions the loaded plugins need.

@@ -10,9 +10,9 @@ mod test;
 
 pub use check::check;
 pub use dev::{DevArgs, dev};
-pub use new::{NewArgs, new};
+pub use new::{Error as NewError, NewArgs, new};
 pub use rbac::{RbacArgs, rbac};
-pub use release::{ReleaseArgs, release_finalizer};
+pub use release::{Error as ReleaseError, ReleaseArgs, release_finalizer};
 pub use run::{RunArgs, client, run};
 pub use test::test;
 

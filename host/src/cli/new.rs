@@ -24,7 +24,7 @@ pub struct NewArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// The primary kind: a custom resource, GROUP/VERSION/KIND (default:
-    /// example.dev/v1alpha1/<NAME in UpperCamelCase>), or a built-in kind, VERSION/KIND or
+    /// example.dev/v1alpha1/ followed by NAME in UpperCamelCase), or a built-in kind, VERSION/KIND or
     /// GROUP/VERSION/KIND (v1/Namespace, v1/ConfigMap, apps/v1/Deployment…), which makes
     /// a decorator: no CRD, a ConfigMap for each opted-in object.
     #[arg(long)]

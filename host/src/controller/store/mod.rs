@@ -26,7 +26,7 @@
 //!
 //! The store turns a relist into exactly the listed set ([`KindStore::record_event`]):
 //! objects deleted while the watch was down are removed with a [`Change::Deleted`], and
-//! objects changed meanwhile arrive as [`Change::Applied`].
+//! objects changed meanwhile arrive as [`Change::Upserted`].
 
 mod index;
 mod kind;
