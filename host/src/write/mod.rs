@@ -863,12 +863,12 @@ impl Applier {
                 api.patch(&name, &params, &Patch::Apply(&desired)),
             )
             .await?
-            .map_err(|e| Error::from_kube("apply", what.clone(), e))?;
+            .map_err(|e| Error::from_kube("apply", what, e))?;
         if let Some(seen) = seen.filter(|s| !s.uid.is_empty())
             && out.metadata.uid.as_deref() != Some(seen.uid.as_str())
         {
             let (gone, undo) = self
-                .undo_recreate(&api, what, &kind, ns, &name, &seen.uid, &out)
+                .undo_recreate(&api, &kind, ns, &name, &seen.uid, &out)
                 .await;
             undone.extend(undo);
             return Err(gone);
@@ -893,11 +893,9 @@ impl Applier {
     /// so the plugin never decides on the short-lived object either. A failed undo is
     /// logged (the object then carries the primary's owner reference, if any, and the
     /// garbage collector removes it when the primary is gone).
-    #[allow(clippy::too_many_arguments)]
     async fn undo_recreate(
         &self,
         api: &Api<DynamicObject>,
-        what: String,
         kind: &Gvk,
         ns: Option<String>,
         name: &str,
@@ -911,12 +909,14 @@ impl Applier {
             }),
             ..Default::default()
         };
+        let what = describe(kind, ns.as_deref(), name);
         let mut undo = None;
-        match self
+        let deleted = self
             .call("delete", &what, true, api.delete(name, &dp))
             .await
-        {
-            Ok(Ok(deleted)) => {
+            .and_then(|r| r.map_err(|e| Error::from_kube("delete", what.clone(), e)));
+        match deleted {
+            Ok(deleted) => {
                 tracing::info!(
                     object = %what,
                     "an apply re-created an object deleted since the plugin saw it; deleted it again"
@@ -928,11 +928,8 @@ impl Applier {
                 w.previous.clone_from(&out.metadata.resource_version);
                 undo = Some(w);
             }
-            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
-            Ok(Err(e)) => tracing::warn!(
-                object = %what, error = %e,
-                "an apply re-created an object deleted since the plugin saw it; deleting it again failed"
-            ),
+            // Deleted meanwhile by someone else: nothing to undo.
+            Err(Error::Refused { code: 404, .. }) => {}
             Err(e) => tracing::warn!(
                 object = %what, error = %e,
                 "an apply re-created an object deleted since the plugin saw it; deleting it again failed"

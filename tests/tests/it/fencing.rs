@@ -231,23 +231,21 @@ async fn a_leader_cut_off_from_the_api_server_writes_nothing_after_the_standby_t
 /// is bounded by it, and once answers come back the plugin converges.
 #[tokio::test]
 async fn a_write_that_gets_no_answer_ends_at_the_deadline_and_stopping_is_bounded() {
-    use rekon_host::controller::{Host, PluginOptions};
+    use rekon_host::controller::PluginOptions;
     use rekon_tests::proxy::{Action, Rule};
     let (client, ns) = setup("deadline").await;
-    let proxy = FaultProxy::start(client.clone()).await.unwrap();
     let deadline = Duration::from_secs(1);
     let config = rekon_host::controller::Config {
         request_timeout: deadline,
         ..crate::controller::config(ns.name())
     };
-    let host = Host::new(proxy.client().unwrap(), config);
-    let running = host
-        .start_with(
-            crate::controller::plugin("stamp-plugin"),
-            PluginOptions::default(),
-        )
-        .await
-        .unwrap();
+    let (proxy, host, running) = crate::write_safety::through_proxy_with(
+        &client,
+        config,
+        "stamp-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     let hole = proxy.add(Rule::new(Action::BlackHole).writes().path("/configmaps"));
     let api: Api<ConfigMap> = ns.api();
     let primary: ConfigMap = serde_json::from_value(json!({

@@ -27,21 +27,13 @@ async fn start_through_proxy(
     read_your_writes_timeout: Duration,
     resync: Option<Duration>,
 ) -> (FaultProxy, Host, Arc<Controller>) {
-    crate::logs();
-    let proxy = FaultProxy::start(client.clone())
-        .await
-        .expect("the proxy starts");
     let config = controller::Config {
         read_your_writes_timeout,
         resync_override: resync,
         ..crate::controller::config(ns)
     };
-    let host = Host::new(proxy.client().expect("a client for the proxy"), config);
-    let running = host
-        .start_with(plugin(crate_name), PluginOptions::default())
+    crate::write_safety::through_proxy_with(client, config, crate_name, PluginOptions::default())
         .await
-        .expect("plugin starts");
-    (proxy, host, running)
 }
 
 /// The children of the owner `uid` as the host's (lagging) cache shows them.

@@ -409,17 +409,15 @@ async fn a_report_relabelled_to_another_pool_updates_both_pools_at_once() {
 #[tokio::test]
 async fn a_conflict_drops_the_rest_of_the_output_and_its_events() {
     use http::Method;
-    use rekon_tests::proxy::{Action, FaultProxy, Rule};
+    use rekon_tests::proxy::{Action, Rule};
     let (client, ns) = setup("dropped").await;
-    let proxy = FaultProxy::start(client.clone()).await.unwrap();
-    let host = Host::new(
-        proxy.client().unwrap(),
-        crate::controller::config(ns.name()),
-    );
-    let running = host
-        .start_with(plugin("replicas-plugin"), PluginOptions::default())
-        .await
-        .unwrap();
+    let (proxy, _host, running) = through_proxy(
+        &client,
+        ns.name(),
+        "replicas-plugin",
+        PluginOptions::default(),
+    )
+    .await;
     proxy.add(
         Rule::new(Action::status(http::StatusCode::CONFLICT))
             .methods([Method::PATCH])
@@ -485,14 +483,21 @@ pub(crate) async fn through_proxy(
     crate_name: &str,
     options: PluginOptions,
 ) -> (rekon_tests::proxy::FaultProxy, Host, Arc<Controller>) {
+    through_proxy_with(client, crate::controller::config(ns), crate_name, options).await
+}
+
+/// [`through_proxy`] with the host's `config`.
+pub(crate) async fn through_proxy_with(
+    client: &kube::Client,
+    config: rekon_host::controller::Config,
+    crate_name: &str,
+    options: PluginOptions,
+) -> (rekon_tests::proxy::FaultProxy, Host, Arc<Controller>) {
     crate::logs();
     let proxy = rekon_tests::proxy::FaultProxy::start(client.clone())
         .await
         .expect("the proxy starts");
-    let host = Host::new(
-        proxy.client().expect("a client for the proxy"),
-        crate::controller::config(ns),
-    );
+    let host = Host::new(proxy.client().expect("a client for the proxy"), config);
     let running = host
         .start_with(plugin(crate_name), options)
         .await
