@@ -22,7 +22,7 @@ use std::time::Instant;
 
 #[path = "support/store_objects.rs"]
 mod store_objects;
-use store_objects::{config_map, live, object, without_managed_fields};
+use store_objects::{config_map, live, load_store, object, without_managed_fields};
 
 struct Sizes {
     served: usize,
@@ -61,22 +61,7 @@ fn json_sizes(n: u64) -> Sizes {
 /// Loads `n` objects into rekon's store; returns (measured bytes, the store's own
 /// estimate, seconds).
 fn rekon(n: u64) -> (isize, usize, f64) {
-    let gvk = Gvk::new("", "v1", "ConfigMap");
-    // Warm up anything lazily initialised on the apply path.
-    let warm = KindStore::new(gvk.clone(), config_map(), true);
-    warm.record_event(Event::Apply(object(u64::MAX / 2)));
-    drop(warm);
-
-    let store = KindStore::new(gvk, config_map(), true);
-    let before = live();
-    let started = Instant::now();
-    store.record_event(Event::Init);
-    for i in 0..n {
-        store.record_event(Event::InitApply(object(i)));
-    }
-    store.record_event(Event::InitDone);
-    let seconds = started.elapsed().as_secs_f64();
-    let held = live() - before;
+    let (store, held, seconds) = load_store(n);
     assert_eq!(store.len() as u64, n);
     let sample = store
         .get(Some("team-07"), "web-000007-config")

@@ -8,10 +8,7 @@
 #[path = "../benches/support/store_objects.rs"]
 mod store_objects;
 
-use kube::runtime::watcher::Event;
-use rekon_host::contract::Gvk;
-use rekon_host::controller::store::KindStore;
-use store_objects::{config_map, live, object};
+use store_objects::{load_store, object};
 
 /// The most bytes the store may hold per byte of served JSON. The benchmark measures
 /// 0.73× for these objects (managedFields are about 30 % of their JSON and are not kept);
@@ -24,20 +21,7 @@ fn the_store_holds_a_fixed_set_of_objects_in_at_most_0_85_of_their_served_json()
     let served: usize = (0..N)
         .map(|i| serde_json::to_vec(&object(i)).expect("serialises").len())
         .sum();
-    let gvk = Gvk::new("", "v1", "ConfigMap");
-    // Warm up anything lazily initialised on the apply path.
-    let warm = KindStore::new(gvk.clone(), config_map(), true);
-    warm.record_event(Event::Apply(object(u64::MAX / 2)));
-    drop(warm);
-
-    let store = KindStore::new(gvk, config_map(), true);
-    let before = live();
-    store.record_event(Event::Init);
-    for i in 0..N {
-        store.record_event(Event::InitApply(object(i)));
-    }
-    store.record_event(Event::InitDone);
-    let held = live() - before;
+    let (store, held, _) = load_store(N);
     assert_eq!(store.len() as u64, N);
     let ratio = held as f64 / served as f64;
     println!(

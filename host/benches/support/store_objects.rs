@@ -5,6 +5,9 @@
 #![allow(dead_code)]
 
 use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher::Event;
+use rekon_host::contract::Gvk;
+use rekon_host::controller::store::KindStore;
 use serde_json::json;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -62,13 +65,30 @@ pub fn live() -> isize {
 }
 
 pub fn config_map() -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        plural: "configmaps".into(),
+    ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+}
+
+/// Loads objects `0..n` into a fresh ConfigMap store through its watcher path (`Init`,
+/// `InitApply` × n, `InitDone`), each generated inside the measured region and dropped
+/// once applied. A store warmed up first takes anything lazily initialised on the apply
+/// path out of the figure. Returns the store, the live bytes it holds and the seconds
+/// loading took.
+pub fn load_store(n: u64) -> (KindStore, isize, f64) {
+    let gvk = Gvk::new("", "v1", "ConfigMap");
+    let warm = KindStore::new(gvk.clone(), config_map(), true);
+    warm.record_event(Event::Apply(object(u64::MAX / 2)));
+    drop(warm);
+
+    let store = KindStore::new(gvk, config_map(), true);
+    let before = live();
+    let started = std::time::Instant::now();
+    store.record_event(Event::Init);
+    for i in 0..n {
+        store.record_event(Event::InitApply(object(i)));
     }
+    store.record_event(Event::InitDone);
+    let seconds = started.elapsed().as_secs_f64();
+    (store, live() - before, seconds)
 }
 
 /// A deterministic pseudo-random hex string of `len` characters, different for each seed.

@@ -727,6 +727,16 @@ mod tests {
             .unwrap_or_else(|| panic!("no {path} in {files:?}"))
     }
 
+    fn assert_no_placeholder(files: &[(PathBuf, String)]) {
+        for (path, contents) in files {
+            assert!(
+                !contents.contains("{{") && !contents.contains("}}"),
+                "{} keeps a placeholder:\n{contents}",
+                path.display()
+            );
+        }
+    }
+
     #[test]
     fn every_template_renders_without_placeholders_left() {
         let files = render(&vars("my-plugin", None));
@@ -744,13 +754,7 @@ mod tests {
                 "cases/02-without-a-message.yaml"
             ]
         );
-        for (path, contents) in &files {
-            assert!(
-                !contents.contains("{{") && !contents.contains("}}"),
-                "{} keeps a placeholder:\n{contents}",
-                path.display()
-            );
-        }
+        assert_no_placeholder(&files);
     }
 
     #[test]
@@ -945,13 +949,7 @@ mod tests {
                 "cases/02-unlabelled-gets-nothing.yaml"
             ]
         );
-        for (path, contents) in &files {
-            assert!(
-                !contents.contains("{{") && !contents.contains("}}"),
-                "{} keeps a placeholder:\n{contents}",
-                path.display()
-            );
-        }
+        assert_no_placeholder(&files);
         let lib = file(&files, "src/lib.rs");
         assert!(
             lib.contains("use rekon_sdk::k8s_openapi::api::core::v1::{ConfigMap, Namespace};"),

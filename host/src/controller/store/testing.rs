@@ -1,6 +1,7 @@
 //! Fixture builders for the store's tests: `cm("web").ns("shop").rv(3).owned_by("p")`.
 
 use crate::contract::Gvk;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
 use serde_json::json;
@@ -14,30 +15,12 @@ pub(crate) struct Obj {
 
 /// A ConfigMap named `name`.
 pub(crate) fn cm(name: &str) -> Obj {
-    Obj::new(
-        ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        },
-        name,
-    )
+    Obj::new(ApiResource::erase::<ConfigMap>(&()), name)
 }
 
 /// A Namespace (cluster-scoped) named `name`.
 pub(crate) fn ns_kind(name: &str) -> Obj {
-    Obj::new(
-        ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Namespace".into(),
-            plural: "namespaces".into(),
-        },
-        name,
-    )
+    Obj::new(ApiResource::erase::<Namespace>(&()), name)
 }
 
 impl Obj {
