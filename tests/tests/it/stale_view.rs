@@ -333,6 +333,10 @@ async fn a_restarted_controller_still_waits_for_the_writes_of_the_one_it_replace
     .unwrap();
     let reconciles = count(&stats.reconciles);
     let overdue = count(&stats.own_write_overdue);
+    // Writes are counted at the proxy: a controller that forgot the expectation would
+    // reconcile and apply the Deployment again (the reconcile counts alone can be equal
+    // by chance when the restarted controller counts from zero).
+    let written = proxy.writes_to("/deployments/web");
 
     // Restarted with other options, as a changed config file restarts it; the new
     // controller queues every primary at once.
@@ -362,6 +366,12 @@ async fn a_restarted_controller_still_waits_for_the_writes_of_the_one_it_replace
                 reconciles,
                 "the restarted controller called the plugin before the cache showed the \
              Deployment its predecessor wrote"
+            );
+            assert_eq!(
+                proxy.writes_to("/deployments/web"),
+                written,
+                "the restarted controller wrote the Deployment before the cache showed \
+                 its predecessor's write"
             );
             let d = deployments.get("web").await.unwrap();
             assert_eq!(
