@@ -14,7 +14,7 @@ use crate::controller::{self, Host};
 use crate::fence::Fence;
 use crate::metrics::Metrics;
 use crate::operator::config::parse_duration;
-use crate::operator::leader::{Elector, Timing};
+use crate::operator::leader::{Elector, Holding, Timing};
 use crate::operator::{self, Follow, PluginSet, Reporter};
 use crate::plugin::{Artifacts, Loader};
 use crate::sandbox::{self, Sandbox};
@@ -152,7 +152,7 @@ pub async fn run_gated(
         serve_endpoints(addr, endpoints, stopped()).await?;
     }
 
-    let candidate = || {
+    let candidate = {
         Elector::new(
             client.clone(),
             &args.lease_namespace,
@@ -166,20 +166,14 @@ pub async fn run_gated(
         )
         .fenced(fence.clone())
     };
-    let mut elector = args.leader_elect.then(candidate);
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(e) = elector.as_mut() {
-        if !stand_by(e, &readiness, stopped()).await {
+    let mut holding = None;
+    if args.leader_elect {
+        let mut elector = candidate;
+        if !stand_by(&mut elector, &readiness, stopped()).await {
             tracing::info!("stopped while standing by");
             return Ok(ExitCode::SUCCESS);
         }
-        let mut holder = candidate();
-        tokio::spawn(async move {
-            holder.hold().await;
-            let _ = lost_tx.send(());
-        });
-    } else {
-        drop(lost_tx);
+        holding = Some(elector.hold_in_background());
     }
 
     let reporter = Reporter {
@@ -195,7 +189,13 @@ pub async fn run_gated(
         metrics,
     );
     let leadership_lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = stop_or_lost(stopped(), lost_rx, leadership_lost.clone());
+    let lost = async {
+        match holding.as_mut() {
+            Some(h) => h.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let stop = stop_or_lost(stopped(), lost, leadership_lost.clone());
     let ready_host = host.clone();
     let ready = readiness.clone();
     operator::follow(&mut set, &Follow::default(), stop, move |settled| {
@@ -209,7 +209,7 @@ pub async fn run_gated(
 
     readiness.set(false);
     let lost = leadership_lost.load(std::sync::atomic::Ordering::SeqCst);
-    shut_down(&host, elector.as_mut(), args.grace, lost).await
+    shut_down(&host, holding, args.grace, lost).await
 }
 
 /// This process's identity for the Lease and Events: `--identity`, or `HOSTNAME-PID`.
@@ -320,23 +320,16 @@ fn event_subject(args: &RunArgs) -> serde_json::Value {
     }
 }
 
-/// Resolves when the process is stopped or leadership is lost (`lost_rx` fires; a dropped
-/// sender means no leader election, so never); a loss is recorded in `lost_flag`.
+/// Resolves when the process is stopped or leadership is lost (`lost` resolves; it never
+/// does without leader election); a loss is recorded in `lost_flag`.
 async fn stop_or_lost(
     stopped: impl Future<Output = ()>,
-    lost_rx: tokio::sync::oneshot::Receiver<()>,
+    lost: impl Future<Output = ()>,
     lost_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let lost = async move {
-        if lost_rx.await.is_ok() {
-            lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         () = stopped => {}
-        () = lost => {}
+        () = lost => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
     }
 }
 
@@ -344,7 +337,7 @@ async fn stop_or_lost(
 /// leadership was `lost`, otherwise success after releasing the Lease.
 async fn shut_down(
     host: &Host,
-    elector: Option<&mut Elector>,
+    holding: Option<Holding>,
     grace: Duration,
     lost: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -357,8 +350,9 @@ async fn shut_down(
         tracing::error!("exiting: leadership lost");
         return Ok(ExitCode::FAILURE);
     }
-    if let Some(e) = elector {
-        match tokio::time::timeout(Duration::from_secs(5), e.release()).await {
+    if let Some(holding) = holding {
+        // Renewals stop first: one racing the release would take the Lease again.
+        match tokio::time::timeout(Duration::from_secs(5), holding.release()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "could not release the lease; a standby takes over when it expires");

@@ -13,8 +13,9 @@
 //!   successful acquire or renew (counted from when it was sent), revoked when leadership
 //!   is lost. Every write the host makes checks it, so a deposed leader writes nothing
 //!   even before it has exited.
-//! - On shutdown the leader releases the Lease (clears the holder), so a standby takes
-//!   over at its next retry instead of after a full lease duration.
+//! - On shutdown the leader stops renewing, then releases the Lease (clears the holder),
+//!   so a standby takes over at its next retry instead of after a full lease duration
+//!   ([`Holding::release`]: a renewal racing the release would take the Lease again).
 
 use crate::fence::Fence;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -59,6 +60,41 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+}
+
+/// A leader renewing its Lease in the background ([`Elector::hold_in_background`]).
+pub struct Holding {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Option<Elector>>,
+    lost: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Holding {
+    /// Resolves when leadership is lost (the renewals stopped: see [`Elector::hold`]);
+    /// pending forever after it resolved once.
+    pub async fn lost(&mut self) {
+        if let Some(lost) = self.lost.take()
+            && lost.await.is_ok()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+
+    /// Stops the renewals, then releases the Lease ([`Elector::release`]). Releasing
+    /// while a renewal may still run would let it take the freed Lease again, or make the
+    /// release meet a conflict, and the Lease would stay held until it expires.
+    ///
+    /// # Errors
+    /// [`Error::Api`] if the Lease could not be read or written.
+    pub async fn release(self) -> Result<(), Error> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Some(mut elector)) => elector.release().await,
+            // Leadership was lost (or the task ended otherwise): nothing to release.
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One candidate for one Lease.
@@ -188,11 +224,45 @@ impl Elector {
         tracing::error!(lease = %self.name, deadline = ?self.timing.renew_deadline, "leadership lost: could not renew the lease in time");
     }
 
-    /// Gives the Lease up if this candidate holds it.
+    /// Renews the Lease in a task of its own ([`Elector::hold`]) until leadership is lost
+    /// or [`Holding::release`] stops it.
+    pub fn hold_in_background(mut self) -> Holding {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = self.hold() => {
+                    let _ = lost_tx.send(());
+                    None
+                }
+                _ = stopped => Some(self),
+            }
+        });
+        Holding {
+            stop,
+            task,
+            lost: Some(lost),
+        }
+    }
+
+    /// Gives the Lease up if this candidate holds it. A write that meets a concurrent
+    /// change of the Lease (409) reads it again, a few times.
     ///
     /// # Errors
     /// [`Error::Api`] if the Lease could not be read or written.
     pub async fn release(&mut self) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            match self.release_once().await {
+                Err(Error::Api { source, .. }) if is_conflict(&source) && attempt < 3 => {
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn release_once(&mut self) -> Result<(), Error> {
         let Some(mut lease) = self
             .api
             .get_opt(&self.name)

@@ -342,3 +342,52 @@ async fn events_are_fenced_like_every_other_write() {
         .collect();
     assert_eq!(notes, ["held"]);
 }
+
+/// A leader renewing every 20 ms releases its Lease (as `rekon run` does on SIGTERM):
+/// the renewals stop before the release, so none of them takes the freed Lease again or
+/// makes the release meet a conflict; the Lease stays free for a standby. Found by the
+/// SIGTERM test, which once saw a clean exit with the Lease still held: the release ran
+/// beside the renewals.
+#[tokio::test]
+async fn a_released_lease_stays_free_though_the_leader_renewed_until_then() {
+    use rekon_host::operator::leader::{Elector, Timing};
+    let (client, ns) = setup("release").await;
+    let retry = Duration::from_millis(20);
+    let timing = Timing {
+        lease_duration: Duration::from_secs(30),
+        renew_deadline: Duration::from_secs(10),
+        retry,
+    };
+    let leases: Api<Lease> = ns.api();
+    let holder = || async {
+        leases
+            .get("rekon")
+            .await
+            .unwrap()
+            .spec
+            .and_then(|s| s.holder_identity)
+    };
+    for round in 0..5 {
+        let mut elector =
+            Elector::new(client.clone(), ns.name(), "rekon", "leader", timing.clone());
+        elector.acquire().await;
+        let renewed = leases.get("rekon").await.unwrap().metadata.resource_version;
+        let holding = elector.hold_in_background();
+        wait_until("the leader renews", WAIT, || async {
+            let now = leases.get("rekon").await.ok()?.metadata.resource_version;
+            (now != renewed).then_some(())
+        })
+        .await
+        .unwrap();
+        holding.release().await.expect("the lease is released");
+        // Twenty-five renew periods: a renewal still running would have taken it back.
+        for _ in 0..25 {
+            assert_eq!(
+                holder().await,
+                None,
+                "round {round}: the released lease is held again"
+            );
+            tokio::time::sleep(retry).await;
+        }
+    }
+}
